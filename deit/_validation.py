@@ -1,0 +1,43 @@
+"""Configuration checks shared by the model constructors and the CLI.
+
+Every configuration error is a :class:`ValueError` whose message names the offending
+parameter, the value received and what was expected (issue #2: "hard to misuse").
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name}={value!r} is not supported; expected one of: {choices}")
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int > 0 (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
+
+
+def check_non_negative_int(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 0 (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= 0")
+
+
+def check_probability(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
+        raise ValueError(f"{name}={value!r} is invalid; expected a probability in [0, 1)")
+
+
+def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> None:
+    """Raise ``ValueError`` unless ``divisor`` divides ``value``."""
+    if value % divisor != 0:
+        raise ValueError(
+            f"{name}={value} must be divisible by {divisor_name}={divisor} "
+            f"(remainder {value % divisor})"
+        )

@@ -1,0 +1,156 @@
+"""The ``deit`` command line: one entry point for every task of the library.
+
+Subcommands so far: ``demo`` (the README's main job until training lands),
+``list-models``, ``info`` and ``convert``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from deit.checkpoint import CheckpointError, build_from_checkpoint, convert_checkpoint, save_model
+from deit.models import DeiT, create_model, list_models
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _format_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no registered model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    for name in names:
+        if args.params:
+            with torch.device("meta"):
+                model = create_model(name)
+            print(f"{name:40s} {_format_params(count_parameters(model)):>9s}")
+        else:
+            print(name)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if Path(args.model).suffix in (".pth", ".pt", ".safetensors", ".bin"):
+        model, report = build_from_checkpoint(args.model)
+        print(f"checkpoint: {args.model}")
+        for note in report.notes:
+            print(f"  note: {note}")
+    else:
+        with torch.device("meta"):
+            model = create_model(args.model)
+    print(f"model: {getattr(model, 'model_name', type(model).__name__)} ({type(model).__name__})")
+    print(f"parameters: {count_parameters(model):,}")
+    for key, value in getattr(model, "config", {}).items():
+        print(f"  {key} = {value!r}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    dst, name = convert_checkpoint(args.src, args.dst, model_name=args.model, **overrides)
+    print(f"wrote {dst} ({name})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build a ConvNeXt teacher and a distilled DeiT student, save and reload the
+    teacher by name, run a forward pass and print what happened."""
+    torch.manual_seed(args.seed)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_size, num_classes = args.image_size, args.num_classes
+
+    teacher = create_model("convnext_atto_32", num_classes=num_classes)
+    teacher_path = save_model(teacher, out_dir / "convnext_atto_32.safetensors")
+    student = create_model("deit_tiny_distilled_patch4_32", num_classes=num_classes, image_size=image_size,
+                           teacher_model_name="ConvNeXt", checkpoint_dir=out_dir)
+    x = torch.randn(args.batch_size, 3, image_size, image_size)
+
+    print(f"deit demo: random weights, {args.batch_size} images of {image_size}x{image_size}, "
+          f"{num_classes} classes")
+    print(f"  teacher  {student.teacher.teacher_name:32s} {_format_params(count_parameters(student.teacher)):>8s}"
+          f"  (loaded by name from {teacher_path})")
+    print(f"  student  {student.model_name:32s} {_format_params(count_parameters(student)):>8s}"
+          f"  (teacher not among its parameters or state_dict: "
+          f"{not any(k.startswith('teacher') for k in student.state_dict())})")
+    student.train()
+    (cls_logits, dist_logits), teacher_logits = student(x)
+    print(f"  train mode: cls {tuple(cls_logits.shape)}, dist {tuple(dist_logits.shape)}, "
+          f"teacher {tuple(teacher_logits.shape)} (requires_grad={teacher_logits.requires_grad})")
+    student.eval()
+    with torch.inference_mode():
+        for kind in ("classification", "distillation", "fusion"):
+            student.return_logits_type = kind
+            start = time.perf_counter()
+            out, _ = student(x)
+            elapsed = time.perf_counter() - start
+            print(f"  eval {kind:14s} -> {tuple(out.shape)}  {args.batch_size / elapsed:8.1f} images/s "
+                  "(student + teacher)")
+    print("\nregistered models:")
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        kind = "DeiT (distilled)" if isinstance(model, DeiT) else type(model).__name__
+        print(f"  {name:36s} {_format_params(count_parameters(model)):>8s}  {kind}")
+    print(f"\nartifacts in {out_dir.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers (DeiT)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log checkpoint adaptations and progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="smoke demo: teacher + distilled student, forward pass, parameter counts")
+    p.add_argument("--output", default="runs/demo", help="directory for the demo's files (default: runs/demo)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list-models", help="list registered model names")
+    p.add_argument("pattern", nargs="?", help="substring or glob, e.g. 'distilled' or 'deit_*_224'")
+    p.add_argument("--params", action="store_true", help="also print parameter counts")
+    p.set_defaults(func=cmd_list_models)
+
+    p = sub.add_parser("info", help="describe a registered model or a checkpoint file")
+    p.add_argument("model", help="registered model name or checkpoint path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert official DeiT / timm / HF / safetensors weights to this "
+                                       "library's format (.pth or .safetensors by DST's suffix)")
+    p.add_argument("src", help="source checkpoint")
+    p.add_argument("dst", help="destination file (.pth, .pt or .safetensors)")
+    p.add_argument("--model", help="registered architecture (inferred from the weights when omitted)")
+    p.add_argument("--num-classes", type=int, help="number of classes (head re-initialised if it differs)")
+    p.add_argument("--image-size", type=int, help="target image size (position embedding resampled)")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"deit {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,238 @@
+"""DeiT: the vision transformer with a distillation token (Touvron et al. 2021, §4).
+
+Behaviour follows the paper and the official checkpoints, not the earlier library whose
+API the seed describes:
+
+* the distillation token sits right after the class token (sequence index 1) and has
+  its own row of the position embedding, which therefore has N+2 rows;
+* both tokens are truncated-normal initialised (std 0.02);
+* the final LayerNorm is applied before both linear heads ``head`` and ``head_dist``;
+* in training mode the student returns ``(cls_logits, dist_logits)`` so that the loss can
+  supervise the class head with the labels and the distillation head with the teacher
+  (paper §4, "distillation token"); in eval mode it returns the tensor selected by
+  ``return_logits_type`` — ``"fusion"`` is the mean of the two heads' logits, as the
+  official code (the paper's late fusion adds the softmax outputs; the argmax rarely
+  differs and the official weights were evaluated with the logit mean);
+* the teacher is NOT a submodule: it never appears in ``state_dict()``, ``parameters()``
+  or an optimizer, always stays in eval mode with ``requires_grad=False`` and runs under
+  ``torch.no_grad()`` — yet it moves with ``.to()`` / ``.cuda()`` / ``.half()``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from deit._validation import check_choice
+from deit.models.vit import ViT, _init_linear_and_norm
+
+RETURN_LOGITS_TYPES = ("classification", "distillation", "fusion")
+
+
+class DeiT(ViT):
+    """Data-efficient image Transformer with a distillation token.
+
+    Takes every :class:`~deit.models.vit.ViT` argument plus:
+
+    Args:
+        return_logits_type: what :meth:`student_model` returns in eval mode:
+            ``"classification"`` (class-token head), ``"distillation"`` (distillation-token
+            head) or ``"fusion"`` (mean of both heads' logits).
+        teacher_model_name: the teacher used by :meth:`forward`: a registered model name
+            (``deit.list_models()``), ``"ConvNeXt"`` (default ConvNeXt variant, see
+            :func:`deit.models.teacher.resolve_teacher_name`), ``"timm:<name>"``, an
+            ``nn.Module`` to use as it is, or ``None`` for a student-only model.
+        teacher_checkpoint: explicit path of the teacher's weights.
+        checkpoint_dir: directory searched for ``<teacher name>.safetensors`` / ``.pth``
+            when no explicit path is given; defaults to ``$DEIT_CHECKPOINT_DIR``.
+
+    ``classifier_mlp_d`` is accepted for compatibility with the seed API but DeiT's two
+    heads are linear, as in the paper and the official checkpoints; a non-``None`` value
+    is ignored with a warning.
+    """
+
+    num_prefix_tokens = 2
+
+    def __init__(
+        self,
+        *,
+        return_logits_type: str = "fusion",
+        teacher_model_name: str | nn.Module | None = None,
+        teacher_checkpoint: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        **vit_kwargs: Any,
+    ) -> None:
+        check_choice("return_logits_type", return_logits_type, RETURN_LOGITS_TYPES)
+        if vit_kwargs.get("classifier_mlp_d") is not None:
+            warnings.warn(
+                f"classifier_mlp_d={vit_kwargs['classifier_mlp_d']} is ignored: DeiT's class and "
+                "distillation heads are linear (paper §4, official checkpoints)", stacklevel=2)
+        self.__dict__["_teacher"] = None  # set before nn.Module.__init__ so _apply can see it
+        super().__init__(**vit_kwargs)
+        self._return_logits_type = return_logits_type
+        self.teacher_model_name = teacher_model_name
+        self.teacher_checkpoint = teacher_checkpoint
+        self.checkpoint_dir = checkpoint_dir
+        self.config.update(return_logits_type=return_logits_type)
+        if isinstance(teacher_model_name, nn.Module):
+            self.set_teacher(teacher_model_name)
+        elif teacher_model_name is not None:
+            if not isinstance(teacher_model_name, str):
+                raise ValueError(f"teacher_model_name={teacher_model_name!r} is invalid; expected a model "
+                                 "name, an nn.Module or None")
+            self.loadTeacherModel()
+
+    # --- construction hooks -----------------------------------------------------------
+    def _init_extra_tokens(self, d_model: int) -> None:
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d_model))
+
+    def _build_heads(self, num_classes: int, classifier_mlp_d: int | None) -> None:
+        self.pre_logits = nn.Identity()
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def prefix_token_parameters(self) -> list[nn.Parameter]:
+        return [self.cls_token, self.dist_token]  # class token at index 0, distillation token at 1
+
+    # --- return type ------------------------------------------------------------------
+    @property
+    def return_logits_type(self) -> str:
+        return self._return_logits_type
+
+    @return_logits_type.setter
+    def return_logits_type(self, value: str) -> None:
+        check_choice("return_logits_type", value, RETURN_LOGITS_TYPES)
+        self._return_logits_type = value
+        self.config["return_logits_type"] = value
+
+    # --- timm-style interface ---------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token"}
+
+    def get_classifier(self) -> tuple[nn.Module, nn.Module]:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        for head in (self.head, self.head_dist):
+            head.apply(_init_linear_and_norm)
+            self._to_model_device(head)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        """Tokens (B, N+2, D) -> logits.
+
+        Training mode: ``(cls_logits, dist_logits)``, each (B, num_classes).
+        Eval mode: the (B, num_classes) tensor chosen by ``return_logits_type``.
+        ``pre_logits=True``: mean of the two normalised tokens (B, D), as timm.
+        """
+        cls_tok, dist_tok = x[:, 0], x[:, 1]  # (B, D) each
+        if pre_logits:
+            return (cls_tok + dist_tok) / 2  # (B, D)
+        cls_logits = self.head(self.head_drop(cls_tok))  # (B, K)
+        dist_logits = self.head_dist(self.head_drop(dist_tok))  # (B, K)
+        if self.training:
+            return cls_logits, dist_logits
+        if self._return_logits_type == "classification":
+            return cls_logits
+        if self._return_logits_type == "distillation":
+            return dist_logits
+        return (cls_logits + dist_logits) / 2  # fusion, (B, K)
+
+    # --- seed API ---------------------------------------------------------------------
+    def student_model(self, x: torch.Tensor):
+        """Student forward pass; see :meth:`forward_head` for what it returns."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor):
+        """Returns ``(student_out, teacher_out)``; ``teacher_out`` is ``None`` without a
+        teacher and otherwise carries no gradient."""
+        student = self.student_model(x)
+        teacher = self.teacher_forward(x) if self.teacher is not None else None
+        return student, teacher
+
+    # --- teacher ----------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher, or ``None``. Not a submodule (see module docstring)."""
+        return self.__dict__["_teacher"]
+
+    def set_teacher(self, teacher: nn.Module | None) -> None:
+        """Use ``teacher`` as the (frozen) teacher; ``None`` removes it."""
+        if teacher is not None:
+            if not isinstance(teacher, nn.Module):
+                raise ValueError(f"teacher must be an nn.Module or None, got {type(teacher).__name__}")
+            if teacher is self:
+                raise ValueError("a DeiT cannot be its own teacher")
+            teacher.eval()
+            teacher.requires_grad_(False)
+            ref = self.pos_embed
+            teacher.to(device=ref.device, dtype=ref.dtype)
+        self.__dict__["_teacher"] = teacher
+
+    def loadTeacherModel(self, checkpoint: str | os.PathLike | None = None) -> nn.Module:  # noqa: N802 (seed API)
+        """Build the teacher named by ``teacher_model_name``, load its weights from a
+        checkpoint, freeze it and put it in eval mode.
+
+        The checkpoint is ``checkpoint`` if given, else ``teacher_checkpoint``, else
+        ``<name>.safetensors`` / ``<name>.pth`` in ``checkpoint_dir`` or
+        ``$DEIT_CHECKPOINT_DIR``. A missing or mismatching file raises
+        :class:`deit.checkpoint.CheckpointError` naming the path(s) tried.
+        """
+        from deit.models.teacher import load_teacher  # local import: teacher -> registry -> deit
+
+        if not isinstance(self.teacher_model_name, str):
+            raise ValueError("loadTeacherModel() needs teacher_model_name to be a model name; "
+                             f"got {self.teacher_model_name!r}")
+        teacher = load_teacher(
+            self.teacher_model_name,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            checkpoint=checkpoint if checkpoint is not None else self.teacher_checkpoint,
+            checkpoint_dir=self.checkpoint_dir,
+        )
+        self.set_teacher(teacher)
+        return teacher
+
+    @torch.no_grad()
+    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher logits (B, num_classes) for ``x``; eval mode, no gradient."""
+        teacher = self.teacher
+        if teacher is None:
+            raise RuntimeError("this DeiT has no teacher: pass teacher_model_name= or call set_teacher()")
+        if teacher.training:  # someone called teacher.train(): the teacher is always frozen
+            teacher.eval()
+        out = teacher(x)
+        if isinstance(out, (tuple, list)):  # e.g. a DeiT teacher returning (student, teacher)
+            out = out[0]
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ValueError(f"the teacher returned logits of shape {tuple(out.shape)}; expected "
+                             f"(batch, {self.num_classes}) to match the student's num_classes")
+        return out  # (B, K)
+
+    def _apply(self, fn: Callable, recurse: bool = True):
+        """Move/cast the teacher with the student although it is not a submodule."""
+        super()._apply(fn, recurse)
+        teacher = self.__dict__.get("_teacher")
+        if teacher is not None:
+            teacher._apply(fn)
+        return self
+
+    def __deepcopy__(self, memo):
+        """Deep copies (EMA, checkpoint averaging) share the frozen teacher, not clone it."""
+        import copy
+
+        teacher = self.__dict__["_teacher"]
+        memo[id(teacher)] = teacher
+        cls = self.__class__
+        clone = cls.__new__(cls)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
+

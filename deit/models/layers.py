@@ -1,0 +1,180 @@
+"""Building blocks of the vision transformer: patch embedding, attention, MLP, block.
+
+Parameter names follow timm / the official DeiT code (``patch_embed.proj``,
+``blocks.i.attn.qkv``, ``blocks.i.mlp.fc1`` …) so that official checkpoints load
+with at most a load-time filter (:mod:`deit.checkpoint`), never a change here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deit._validation import check_choice
+
+PATCHIFY_TECHNIQUES = ("linear", "convolutional")
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into non-overlapping patches and project each to ``d_model``.
+
+    ``technique="convolutional"``: a ``Conv2d(kernel=stride=patch_size)``; weight
+    ``(D, C, p, p)`` as in timm and the official checkpoints.
+    ``technique="linear"``: unfold the patches and apply ``nn.Linear``; weight
+    ``(D, C*p*p)`` with the features ordered ``(C, p_h, p_w)``, i.e. exactly
+    ``conv_weight.reshape(D, -1)``, so both techniques compute the same function
+    given the same weights (the checkpoint filter converts between them).
+    """
+
+    def __init__(self, *, image_size: int, patch_size: int, in_channels: int, d_model: int,
+                 technique: str = "convolutional") -> None:
+        super().__init__()
+        check_choice("patchify_technique", technique, PATCHIFY_TECHNIQUES)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.technique = technique
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        if technique == "convolutional":
+            self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        else:
+            self.proj = nn.Linear(in_channels * patch_size * patch_size, d_model)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming what is wrong with an input batch."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected an image tensor, got {type(x).__name__}")
+        expected = f"(batch, {self.in_channels}, {self.image_size}, {self.image_size})"
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D image batch of shape {expected}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channel(s) (in_channels), got {x.shape[1]} "
+                f"in input of shape {tuple(x.shape)}; expected {expected}"
+            )
+        if tuple(x.shape[2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"expected images of {self.image_size}x{self.image_size} pixels (image_size), got "
+                f"{x.shape[2]}x{x.shape[3]}; resize the input or load the weights into a model with "
+                f"image_size={x.shape[2]} (positional embeddings are resampled at load time)"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if self.technique == "convolutional":
+            x = self.proj(x)  # (B, D, H/p, W/p)
+            return x.flatten(2).transpose(1, 2)  # (B, N, D)
+        B, C, H, W = x.shape
+        p = self.patch_size
+        # b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)
+        x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, p, p)
+        x = x.reshape(B, self.num_patches, C * p * p)  # (B, N, C*p*p)
+        return self.proj(x)  # (B, N, D)
+
+
+def linear_drop_path_rates(max_rate: float, count: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``max_rate`` over ``count`` blocks
+    (plain Python, so models can also be built on the meta device)."""
+    if count == 1:
+        return [0.0]
+    return [max_rate * i / (count - 1) for i in range(count)]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop the residual branch per sample."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, ...)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch (CaiT, Touvron et al. 2021)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and SDPA kernels."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention probabilities, for inspection: (B, H, N, N)."""
+        q, k, _ = self.qkv_heads(x)
+        return (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)  # (B, H, N, N)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv_heads(x)
+        dropout_p = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, H, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward: Linear -> GELU -> Dropout -> Linear -> Dropout."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer encoder block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, *, dim: int, num_heads: int, mlp_dim: int, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, layer_scale: float | None = None,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, drop=proj_drop)
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))  # (B, N, D)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # (B, N, D)
+        return x

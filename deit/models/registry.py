@@ -1,0 +1,270 @@
+"""Model registry: thin variant functions over the configurable classes (timm style).
+
+Names of the DeiT and ConvNeXt variants are timm's, so a checkpoint saved by timm or the
+official DeiT code for ``deit_small_distilled_patch16_224`` loads into the model of the
+same name here. The ``*_patch4_32`` DeiTs and ``convnext_*_32`` ConvNeXts are this
+library's small-image variants for 28–32 px data (Fashion-MNIST, CIFAR, digits).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from deit.models.convnext import ConvNeXt
+from deit.models.deit import DeiT
+from deit.models.vit import ViT
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY: dict[str, str] = {}
+
+
+def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a variant function under its own name; ``family`` is "vit" or "convnext"."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[fn.__name__] = fn
+        _FAMILY[fn.__name__] = family
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a substring or fnmatch pattern."""
+    import fnmatch
+
+    names = sorted(_MODELS)
+    if pattern:
+        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, glob)]
+    return names
+
+
+def model_family(name: str) -> str:
+    """"vit" (ViT and DeiT, which take ``image_size``) or "convnext"."""
+    check_model_name(name)
+    return _FAMILY[name]
+
+
+def check_model_name(name: str) -> None:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model name {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
+
+
+def default_checkpoint_dir(checkpoint_dir: str | os.PathLike | None = None) -> Path | None:
+    """``checkpoint_dir`` if given, else ``$DEIT_CHECKPOINT_DIR``, else None."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    env = os.environ.get("DEIT_CHECKPOINT_DIR")
+    return Path(env) if env else None
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None,
+                 num_classes: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 **overrides: Any) -> nn.Module:
+    """Build a registered model, optionally loading weights.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: load ``<name>.safetensors`` or ``<name>.pth`` from ``checkpoint_dir`` /
+            ``$DEIT_CHECKPOINT_DIR``. Nothing is ever downloaded.
+        checkpoint: explicit weights file (any format :func:`deit.checkpoint.load_pretrained`
+            reads); implies ``pretrained``.
+        num_classes: override the number of classes; a checkpoint head of another size is
+            then dropped and re-initialised (logged).
+        checkpoint_dir: where ``pretrained`` weights — and a named teacher's weights — are
+            looked up; defaults to ``$DEIT_CHECKPOINT_DIR``.
+        overrides: any constructor argument (``image_size=384``, ``teacher_model_name=…``).
+    """
+    from deit.checkpoint import find_checkpoint, load_pretrained
+
+    check_model_name(name)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if checkpoint_dir is not None and overrides.get("teacher_model_name") is not None:
+        overrides.setdefault("checkpoint_dir", checkpoint_dir)
+    model = _MODELS[name](**overrides)
+    model.model_name = name
+    if checkpoint is None and pretrained:
+        checkpoint = find_checkpoint(name, default_checkpoint_dir(checkpoint_dir),
+                                     what=f"pretrained weights for {name!r}")
+    if checkpoint is not None:
+        load_pretrained(model, checkpoint)
+    return model
+
+
+# --- DeiT / ViT ----------------------------------------------------------------------------
+
+def _vit(distilled: bool, size: dict[str, int], image_size: int, patch_size: int,
+         overrides: dict[str, Any]) -> nn.Module:
+    """One ViT/DeiT variant: ``size`` gives width, heads and depth; ``overrides`` win."""
+    cfg: dict[str, Any] = dict(d_model=size["d_model"], encoder_num_heads=size["heads"],
+                               num_encoder_blocks=size["depth"], encoder_mlp_d=4 * size["d_model"],
+                               image_size=image_size, patch_size=patch_size, patchify_technique="convolutional")
+    cfg.update(overrides)
+    if not distilled:
+        return ViT(**cfg)
+    cfg.setdefault("return_logits_type", "fusion")
+    return DeiT(**cfg)
+
+
+_TINY = dict(d_model=192, heads=3, depth=12)
+_SMALL = dict(d_model=384, heads=6, depth=12)
+_BASE = dict(d_model=768, heads=12, depth=12)
+_NANO = dict(d_model=128, heads=4, depth=6)
+_PICO = dict(d_model=64, heads=2, depth=6)
+
+
+@register_model("vit")
+def deit_tiny_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-Ti, 5.7M parameters (paper Table 1)."""
+    return _vit(False, _TINY, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_small_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-S, 22M parameters."""
+    return _vit(False, _SMALL, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_base_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-B, 86M parameters."""
+    return _vit(False, _BASE, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_base_patch16_384(**kw: Any) -> nn.Module:
+    """DeiT-B↑384 (fine-tuned at 384 px)."""
+    return _vit(False, _BASE, 384, 16, kw)
+
+
+@register_model("vit")
+def deit_tiny_distilled_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-Ti⚗, 5.9M parameters."""
+    return _vit(True, _TINY, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_small_distilled_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-S⚗, 22.4M parameters."""
+    return _vit(True, _SMALL, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_base_distilled_patch16_224(**kw: Any) -> nn.Module:
+    """DeiT-B⚗, 87.3M parameters."""
+    return _vit(True, _BASE, 224, 16, kw)
+
+
+@register_model("vit")
+def deit_base_distilled_patch16_384(**kw: Any) -> nn.Module:
+    """DeiT-B⚗↑384."""
+    return _vit(True, _BASE, 384, 16, kw)
+
+
+@register_model("vit")
+def deit_pico_patch4_32(**kw: Any) -> nn.Module:
+    """Small-image ViT (width 64, 6 blocks, 0.3M parameters) for 28–32 px data."""
+    return _vit(False, _PICO, 32, 4, kw)
+
+
+@register_model("vit")
+def deit_nano_patch4_32(**kw: Any) -> nn.Module:
+    """Small-image ViT (width 128, 6 blocks, 1.2M parameters) for 28–32 px data."""
+    return _vit(False, _NANO, 32, 4, kw)
+
+
+@register_model("vit")
+def deit_tiny_patch4_32(**kw: Any) -> nn.Module:
+    """DeiT-Ti widths at 32 px with 4 px patches (64 tokens)."""
+    return _vit(False, _TINY, 32, 4, kw)
+
+
+@register_model("vit")
+def deit_pico_distilled_patch4_32(**kw: Any) -> nn.Module:
+    """Distilled small-image DeiT (width 64, 6 blocks)."""
+    return _vit(True, _PICO, 32, 4, kw)
+
+
+@register_model("vit")
+def deit_nano_distilled_patch4_32(**kw: Any) -> nn.Module:
+    """Distilled small-image DeiT (width 128, 6 blocks)."""
+    return _vit(True, _NANO, 32, 4, kw)
+
+
+@register_model("vit")
+def deit_tiny_distilled_patch4_32(**kw: Any) -> nn.Module:
+    """Distilled DeiT-Ti widths at 32 px with 4 px patches."""
+    return _vit(True, _TINY, 32, 4, kw)
+
+
+# --- ConvNeXt ------------------------------------------------------------------------------
+
+def _convnext(size: tuple[tuple[int, ...], tuple[int, ...]], stem_stride: int,
+              overrides: dict[str, Any]) -> ConvNeXt:
+    """One ConvNeXt variant: ``size`` is (depths, dims); ``overrides`` win."""
+    cfg: dict[str, Any] = dict(depths=size[0], dims=size[1], stem_stride=stem_stride)
+    cfg.update(overrides)
+    return ConvNeXt(**cfg)
+
+
+_ATTO = ((2, 2, 6, 2), (40, 80, 160, 320))
+_FEMTO = ((2, 2, 6, 2), (48, 96, 192, 384))
+_CN_PICO = ((2, 2, 6, 2), (64, 128, 256, 512))
+_CN_NANO = ((2, 2, 8, 2), (80, 160, 320, 640))
+_CN_TINY = ((3, 3, 9, 3), (96, 192, 384, 768))
+
+
+@register_model("convnext")
+def convnext_atto(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Atto, 3.7M parameters (timm)."""
+    return _convnext(_ATTO, 4, kw)
+
+
+@register_model("convnext")
+def convnext_femto(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Femto, 5.2M parameters (timm)."""
+    return _convnext(_FEMTO, 4, kw)
+
+
+@register_model("convnext")
+def convnext_pico(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Pico, 9.1M parameters (timm)."""
+    return _convnext(_CN_PICO, 4, kw)
+
+
+@register_model("convnext")
+def convnext_nano(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Nano, 15.6M parameters (timm)."""
+    return _convnext(_CN_NANO, 4, kw)
+
+
+@register_model("convnext")
+def convnext_tiny(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-T, 28.6M parameters (paper)."""
+    return _convnext(_CN_TINY, 4, kw)
+
+
+@register_model("convnext")
+def convnext_atto_32(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Atto with a stride-2 stem, for 28–32 px images."""
+    return _convnext(_ATTO, 2, kw)
+
+
+@register_model("convnext")
+def convnext_femto_32(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Femto with a stride-2 stem, for 28–32 px images."""
+    return _convnext(_FEMTO, 2, kw)
+
+
+@register_model("convnext")
+def convnext_pico_32(**kw: Any) -> ConvNeXt:
+    """ConvNeXt-Pico with a stride-2 stem, for 28–32 px images."""
+    return _convnext(_CN_PICO, 2, kw)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything this project needs on a fresh machine; safe to run again (idempotent).
+#  - a virtualenv in .venv with torch/torchvision pinned to the builds on this machine's disk
+#    (see shared/ENVIRONMENT.md: an unpinned torch resolves to a multi-GB download),
+#  - this package in editable mode with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! .venv/bin/pip install --disable-pip-version-check -q "$@" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; return 1
+  fi
+  # pip's configuration names local index folders that may not hold every package: noise.
+  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+  rm -f "$log"
+}
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip_install torch==2.14.1 torchvision==0.29.1
+pip_install -e '.[test]'
+echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, timm; print(f"torch {torch.__version__}, timm {timm.__version__}")'))"
