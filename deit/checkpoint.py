@@ -158,11 +158,16 @@ def convert_hf_deit(sd: Mapping[str, torch.Tensor], notes: list[str]) -> dict[st
         "classifier.weight": "head.weight", "classifier.bias": "head.bias",
         "distillation_classifier.weight": "head_dist.weight", "distillation_classifier.bias": "head_dist.bias",
     }
+    # transformers < 5 (and the files on the Hub): encoder.layer.N.attention.attention.query …
+    # transformers >= 5: layers.N.attention.q_proj …
     layer_map = {
         "attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+        "attention.o_proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
         "layernorm_before": "norm1", "layernorm_after": "norm2",
     }
-    pattern = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+    qkv_names = {"attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
+                 "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v"}
+    pattern = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
         if key in simple:
@@ -171,8 +176,8 @@ def convert_hf_deit(sd: Mapping[str, torch.Tensor], notes: list[str]) -> dict[st
         match = pattern.match(key)
         if match:
             index, name, kind = int(match[1]), match[2], match[3]
-            if name in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
-                qkv.setdefault((index, kind), {})[name.rsplit(".", 1)[1]] = value
+            if name in qkv_names:
+                qkv.setdefault((index, kind), {})[qkv_names[name]] = value
                 continue
             if name in layer_map:
                 out[f"blocks.{index}.{layer_map[name]}.{kind}"] = value
@@ -182,9 +187,9 @@ def convert_hf_deit(sd: Mapping[str, torch.Tensor], notes: list[str]) -> dict[st
             continue
         out[key] = value  # left as is: reported as unexpected by load_pretrained
     for (index, kind), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
+        if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"HF DeiT checkpoint: layer {index} lacks one of query/key/value {kind}")
-        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 

@@ -1,0 +1,272 @@
+"""Checkpoint interop: numerical equivalence with timm and HF transformers given the same
+(random) weights, load-time adaptation, safe loading, and conversion."""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from deit import (
+    CheckpointError,
+    DeiT,
+    MissingCheckpointError,
+    build_from_checkpoint,
+    convert_checkpoint,
+    create_model,
+    load_pretrained,
+    save_model,
+)
+from tests.conftest import perturb_
+
+timm = pytest.importorskip("timm")
+
+HEADS = ("classification", "distillation", "fusion")
+
+
+def _timm_heads(model, x):
+    """cls, dist and fused logits of a timm distilled DeiT in eval mode."""
+    feats = model.forward_features(x)
+    cls_logits, dist_logits = model.head(feats[:, 0]), model.head_dist(feats[:, 1])
+    return {"classification": cls_logits, "distillation": dist_logits, "fusion": model(x)}
+
+
+@pytest.mark.parametrize("container", ["plain", "official", "ddp"])
+def test_timm_deit_tiny_distilled_equivalence(tmp_path, container):
+    ref = perturb_(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)).eval()
+    sd = ref.state_dict()
+    if container == "official":  # official DeiT training checkpoint: args is an argparse.Namespace
+        obj = {"model": sd, "epoch": 299, "args": argparse.Namespace(model="deit_tiny_distilled_patch16_224")}
+    elif container == "ddp":
+        obj = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    else:
+        obj = sd
+    torch.save(obj, tmp_path / "ckpt.pth")
+    ours = create_model("deit_tiny_distilled_patch16_224")
+    load_pretrained(ours, tmp_path / "ckpt.pth")
+    ours.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = _timm_heads(ref, x)
+        for kind in HEADS:
+            ours.return_logits_type = kind
+            torch.testing.assert_close(ours.student_model(x), want[kind], atol=1e-5, rtol=0)
+
+
+def test_timm_deit_small_equivalence(tmp_path):
+    ref = perturb_(timm.create_model("deit_small_patch16_224", pretrained=False)).eval()
+    torch.save({"model": ref.state_dict()}, tmp_path / "deit_small.pth")
+    ours = create_model("deit_small_patch16_224")
+    load_pretrained(ours, tmp_path / "deit_small.pth")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "convnext_tiny"])
+def test_timm_convnext_equivalence(tmp_path, name):
+    """atto stores its MLP as 1x1 convs (conv_mlp=True), tiny as Linear: both load."""
+    ref = perturb_(timm.create_model(name, pretrained=False)).eval()
+    torch.save(ref.state_dict(), tmp_path / "convnext.pth")
+    ours = create_model(name)
+    load_pretrained(ours, tmp_path / "convnext.pth")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_facebookresearch_convnext_layout_equivalence(tmp_path):
+    ref = perturb_(timm.create_model("convnext_atto", pretrained=False)).eval()
+    fb = {}
+    for key, value in ref.state_dict().items():  # timm -> original ConvNeXt repo naming
+        key = key.replace("stem.", "downsample_layers.0.")
+        key = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", key)
+        key = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", key)
+        key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+        key = key.replace("head.norm.", "norm.").replace("head.fc.", "head.")
+        fb[key] = value.flatten(1) if "pwconv" in key and value.ndim == 4 else value
+    torch.save({"model": fb}, tmp_path / "fb.pth")
+    ours = create_model("convnext_atto")
+    report = load_pretrained(ours, tmp_path / "fb.pth")
+    assert any("facebookresearch" in n for n in report.notes)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref(x), atol=1e-5, rtol=0)
+
+
+def _hf_teacher_model():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.DeiTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                                  intermediate_size=768, image_size=224, patch_size=16, num_labels=1000,
+                                  layer_norm_eps=1e-6, hidden_act="gelu")
+    return perturb_(transformers.DeiTForImageClassificationWithTeacher(cfg)).eval()
+
+
+# The per-layer names of HF DeiT before transformers 5 — the layout of the files on the Hub.
+HF_V4_NAMES = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+               "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+               "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def _to_hf_v4(sd):
+    out = {}
+    for key, value in sd.items():
+        match = re.match(r"deit\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if match:
+            name = HF_V4_NAMES.get(match[2], match[2])
+            key = f"deit.encoder.layer.{match[1]}.{name}.{match[3]}"
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("layout, suffix", [("v5", ".safetensors"), ("v4", ".bin")])
+def test_hf_transformers_deit_with_teacher_equivalence(tmp_path, layout, suffix):
+    from safetensors.torch import save_file
+
+    hf = _hf_teacher_model()
+    sd = hf.state_dict() if layout == "v5" else _to_hf_v4(hf.state_dict())
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    ours = create_model("deit_tiny_distilled_patch16_224")
+    report = load_pretrained(ours, path)
+    assert any("HF transformers" in n for n in report.notes)
+    ours.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = hf(pixel_values=x)
+        want = {"classification": out.cls_logits, "distillation": out.distillation_logits, "fusion": out.logits}
+        for kind in HEADS:
+            ours.return_logits_type = kind
+            torch.testing.assert_close(ours.student_model(x), want[kind], atol=1e-5, rtol=0)
+
+
+def test_224_checkpoint_into_384_model_matches_timm_resampling(tmp_path):
+    from timm.models.deit import checkpoint_filter_fn
+
+    ref224 = perturb_(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False))
+    sd = ref224.state_dict()
+    ref384 = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=384).eval()
+    ref384.load_state_dict(checkpoint_filter_fn(dict(sd), ref384))
+    torch.save({"model": sd}, tmp_path / "deit224.pth")
+    ours = create_model("deit_tiny_distilled_patch16_224", image_size=384)
+    report = load_pretrained(ours, tmp_path / "deit224.pth")
+    assert any("resampled pos_embed" in n for n in report.notes)
+    torch.testing.assert_close(ours.pos_embed, ref384.pos_embed, atol=1e-6, rtol=0)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval().student_model(x), ref384(x), atol=1e-5, rtol=0)
+
+
+def test_other_num_classes_reinitialises_both_heads_and_keeps_the_body(tmp_path, caplog):
+    source = perturb_(create_model("deit_pico_distilled_patch4_32", num_classes=10))
+    save_model(source, tmp_path / "src.pth")
+    target = create_model("deit_pico_distilled_patch4_32", num_classes=3)
+    with caplog.at_level("INFO", logger="deit"):
+        report = load_pretrained(target, tmp_path / "src.pth")
+    assert sorted(report.reinitialised) == ["head.bias", "head.weight", "head_dist.bias", "head_dist.weight"]
+    assert "re-initialised for 3 classes" in caplog.text
+    torch.testing.assert_close(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(target.dist_token, source.dist_token)
+    assert target.head.weight.shape == (3, 64)
+
+
+def test_non_distilled_checkpoint_into_deit_keeps_dist_token_init(tmp_path):
+    source = perturb_(create_model("deit_pico_patch4_32", num_classes=10))
+    save_model(source, tmp_path / "vit.pth")
+    target = create_model("deit_pico_distilled_patch4_32", num_classes=10)
+    init_dist = target.dist_token.detach().clone()
+    report = load_pretrained(target, tmp_path / "vit.pth")
+    assert "dist_token" in report.reinitialised
+    torch.testing.assert_close(target.dist_token, init_dist)
+    torch.testing.assert_close(target.pos_embed[:, 0], source.pos_embed[:, 0])
+    torch.testing.assert_close(target.pos_embed[:, 2:], source.pos_embed[:, 1:])
+    torch.testing.assert_close(target.head.weight, source.head.weight)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_own_format_round_trip_rebuilds_the_model(tmp_path, suffix):
+    model = perturb_(create_model("deit_pico_distilled_patch4_32", num_classes=5, image_size=28,
+                                  return_logits_type="distillation"))
+    path = save_model(model, tmp_path / f"m{suffix}")
+    rebuilt, _ = build_from_checkpoint(path)
+    assert isinstance(rebuilt, DeiT) and rebuilt.model_name == "deit_pico_distilled_patch4_32"
+    assert rebuilt.image_size == 28 and rebuilt.return_logits_type == "distillation"
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval().student_model(x), model.eval().student_model(x))
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+
+
+def test_convert_infers_the_architecture_from_a_timm_file(tmp_path):
+    ref = perturb_(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=7)).eval()
+    torch.save({"model": ref.state_dict()}, tmp_path / "official.pth")
+    dst, name = convert_checkpoint(tmp_path / "official.pth", tmp_path / "converted.safetensors")
+    assert name == "deit_tiny_distilled_patch16_224"
+    model, _ = build_from_checkpoint(dst)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().student_model(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_convert_refuses_unknown_layout_and_bad_destination(tmp_path):
+    torch.save({"weird.weight": torch.zeros(3, 3)}, tmp_path / "weird.pth")
+    with pytest.raises(CheckpointError, match="match no registered model"):
+        convert_checkpoint(tmp_path / "weird.pth", tmp_path / "out.pth")
+    with pytest.raises(CheckpointError, match="must end in"):
+        convert_checkpoint(tmp_path / "weird.pth", tmp_path / "out.onnx")
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": _RunsCode(marker)}}, f)
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}, tmp_path / "evil2.pth")
+    for evil in (path, tmp_path / "evil2.pth"):
+        with pytest.raises(CheckpointError, match="refused to load"):
+            load_pretrained(create_model("deit_pico_patch4_32"), evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00not a checkpoint at all" * 10, "truncated"])
+def test_unreadable_checkpoints_give_clear_errors(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    if content == "truncated":
+        save_model(create_model("deit_pico_patch4_32"), path)
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_pretrained(create_model("deit_pico_patch4_32"), path)
+
+
+def test_truncated_safetensors_and_missing_file(tmp_path):
+    path = save_model(create_model("deit_pico_patch4_32"), tmp_path / "m.safetensors")
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_pretrained(create_model("deit_pico_patch4_32"), path)
+    with pytest.raises(MissingCheckpointError, match="nope.pth"):
+        load_pretrained(create_model("deit_pico_patch4_32"), tmp_path / "nope.pth")
+
+
+def test_checkpoint_of_another_architecture_lists_the_mismatch(tmp_path):
+    save_model(create_model("deit_nano_patch4_32"), tmp_path / "nano.pth")
+    with pytest.raises(CheckpointError, match=r"holds deit_nano_patch4_32.*does not fit.*deit_pico_patch4_32.*shape mismatch"):
+        load_pretrained(create_model("deit_pico_patch4_32"), tmp_path / "nano.pth")
