@@ -255,6 +255,36 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_p
     return torch.cat([prefix, patches], dim=1)  # (1, P+N', D)
 
 
+def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """(O, C, k, k) -> (O, in_channels, k, k), as timm's ``adapt_input_conv``: RGB -> grey
+    sums the colour filters; otherwise the filters are tiled and rescaled by C/in_channels
+    so that the response to a constant image keeps its magnitude."""
+    source_channels = weight.shape[1]
+    if source_channels == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)  # (O, 1, k, k)
+    repeats = -(-in_channels // source_channels)
+    tiled = weight.repeat(1, repeats, 1, 1)[:, :in_channels]  # (O, in_channels, k, k)
+    return tiled * (source_channels / in_channels)
+
+
+def adapt_patch_weight(value: torch.Tensor, target: torch.Tensor, kernel: int, notes: list[str]) -> torch.Tensor:
+    """Fit a patch-embedding / stem weight to the model: Conv2d (D, C, p, p) <-> linear
+    (D, C*p*p) and another number of input channels. Left unchanged (and so reported as
+    a shape mismatch) when the width or the patch size differ."""
+    width, area = target.shape[0], kernel * kernel
+    if value.shape[0] != width or (value.ndim == 4 and value.shape[-2:] != (kernel, kernel)) \
+            or (value.ndim == 2 and value.shape[1] % area):
+        return value
+    weight = value.reshape(width, -1, kernel, kernel)  # (D, C_src, p, p)
+    in_channels = target.shape[1] if target.ndim == 4 else target.shape[1] // area
+    if weight.shape[1] != in_channels:
+        notes.append(f"input channels adapted {weight.shape[1]} -> {in_channels} (timm's adapt_input_conv rule)")
+        weight = adapt_input_channels(weight, in_channels)
+    return weight.reshape(target.shape)
+
+
 def _is_head_key(key: str) -> bool:
     return key.startswith(("head.", "head_dist.")) and not key.startswith("head.norm.")
 
@@ -293,9 +323,12 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
             grid = model.patch_embed.grid_size
             sd[key] = resample_pos_embed(value, grid, prefix, old_prefix, target_prefix=target[key])
             notes.append(f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} (bicubic, prefix rows kept)")
-        elif value.numel() == target[key].numel() and (
-                key == "patch_embed.proj.weight" or re.search(r"mlp\.fc[12]\.weight$", key)):
-            sd[key] = value.reshape(want)  # conv (D, C, p, p) <-> linear (D, C*p*p); 1x1 conv <-> linear
+        elif key == "patch_embed.proj.weight":
+            sd[key] = adapt_patch_weight(value, target[key], model.patch_embed.patch_size, notes)
+        elif key == "stem.0.weight":
+            sd[key] = adapt_patch_weight(value, target[key], target[key].shape[-1], notes)
+        elif value.numel() == target[key].numel() and re.search(r"mlp\.fc[12]\.weight$", key):
+            sd[key] = value.reshape(want)  # 1x1 conv (O, I, 1, 1) <-> linear (O, I)
         elif _is_head_key(key) and allow_head_reset:
             del sd[key]
             keep_model_init.append(key)
@@ -306,9 +339,12 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
         notes.append(f"classifier re-initialised for {getattr(model, 'num_classes', '?')} classes "
                      f"(checkpoint head has another size): {', '.join(sorted(keep_model_init))}")
     if "dist_token" in target and "dist_token" not in sd and "cls_token" in sd:
-        for key in ("dist_token", *[k for k in target if k.startswith("head_dist.")]):
-            keep_model_init.append(key)
-        notes.append("checkpoint has no distillation token: dist_token and head_dist keep their initialisation")
+        keep_model_init.append("dist_token")
+        notes.append("checkpoint has no distillation token: dist_token keeps its initialisation")
+    missing_dist_head = [k for k in target if k.startswith("head_dist.") and k not in sd and k not in keep_model_init]
+    if missing_dist_head and any(k.startswith("head.") for k in sd):
+        keep_model_init.extend(missing_dist_head)
+        notes.append("checkpoint has no distillation head: head_dist keeps its initialisation")
     return sd, keep_model_init
 
 

@@ -270,3 +270,37 @@ def test_checkpoint_of_another_architecture_lists_the_mismatch(tmp_path):
     save_model(create_model("deit_nano_patch4_32"), tmp_path / "nano.pth")
     with pytest.raises(CheckpointError, match=r"holds deit_nano_patch4_32.*does not fit.*deit_pico_patch4_32.*shape mismatch"):
         load_pretrained(create_model("deit_pico_patch4_32"), tmp_path / "nano.pth")
+
+
+@pytest.mark.parametrize("name, technique", [("deit_pico_distilled_patch4_32", "linear"),
+                                             ("deit_pico_distilled_patch4_32", "convolutional"),
+                                             ("convnext_atto_32", None)])
+def test_rgb_weights_into_greyscale_model_sum_the_colour_filters(tmp_path, name, technique):
+    """A grey image replicated to RGB gives the same logits as the grey image fed to the
+    adapted 1-channel model (timm's adapt_input_conv rule)."""
+    kwargs = {} if technique is None else {"patchify_technique": technique}
+    rgb = perturb_(create_model(name, num_classes=5)).eval()
+    save_model(rgb, tmp_path / "rgb.safetensors")
+    grey = create_model(name, num_classes=5, in_channels=1, **kwargs)
+    report = load_pretrained(grey, tmp_path / "rgb.safetensors")
+    assert any("input channels adapted 3 -> 1" in n for n in report.notes)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        want = rgb(x.expand(-1, 3, -1, -1))
+        got = grey.eval()(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_deit_without_teacher_head_loads_into_deit(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.DeiTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                                  image_size=32, patch_size=4, num_labels=10, layer_norm_eps=1e-6)
+    hf = perturb_(transformers.DeiTForImageClassification(cfg)).eval()
+    torch.save(hf.state_dict(), tmp_path / "hf.bin")
+    ours = DeiT(num_classes=10, d_model=64, num_encoder_blocks=2, encoder_num_heads=2, encoder_mlp_d=256,
+                image_size=32, patch_size=4, return_logits_type="classification")
+    report = load_pretrained(ours, tmp_path / "hf.bin")
+    assert report.reinitialised == ["head_dist.weight", "head_dist.bias"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval().student_model(x), hf(pixel_values=x).logits, atol=1e-5, rtol=0)
