@@ -513,3 +513,66 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     model, report = build_from_checkpoint(src, model_name, **overrides)
     save_model(model, dst)
     return dst, model.model_name
+
+
+# --- training checkpoints ----------------------------------------------------------------
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, in weights-only-loadable types."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists back to tuples (random.setstate wants the exact nested tuple)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def save_training_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Atomically write a training checkpoint (this library's format plus run state).
+
+    ``payload`` holds ``model`` (a state dict) and any of optimizer / scheduler / scaler /
+    ema / epoch / rng / config / classes / data_config; everything must be loadable with
+    ``weights_only=True`` (tensors, numbers, strings, lists, dicts, tuples).
+    """
+    path = Path(path)
+    full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda tmp: torch.save(full, tmp))
+    return path
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_training_checkpoint` (weights-only)."""
+    obj, _ = read_checkpoint(path)
+    if obj.get("format") != FORMAT_NAME or "model" not in obj:
+        raise CheckpointError(f"{path} is not a training checkpoint of this library (no 'format: deit' / 'model' "
+                              "entries); to start from foreign weights use --finetune")
+    return obj

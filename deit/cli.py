@@ -1,6 +1,6 @@
 """The ``deit`` command line: one entry point for every task of the library.
 
-Subcommands so far: ``demo`` (the README's main job until training lands),
+``demo`` (the README's main job), ``train`` (also under torchrun), ``eval``, ``predict``,
 ``list-models``, ``info`` and ``convert``.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 
 from deit.checkpoint import CheckpointError, build_from_checkpoint, convert_checkpoint, save_model
+from deit.config import add_config_arguments, load_config, overrides_from_args
+from deit.engine import NonFiniteLossError
 from deit.models import DeiT, create_model, list_models
 
 
@@ -69,10 +71,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job (``deit demo``), or with ``--smoke`` a seconds-long tour of the models."""
+    if not args.smoke:
+        from deit.demo import run_demo
+
+        run_demo(output=args.output, full=args.full, data_dir=args.data_dir, progress=not args.no_progress)
+        return 0
+    return smoke_demo(args)
+
+
+def smoke_demo(args: argparse.Namespace) -> int:
     """Build a ConvNeXt teacher and a distilled DeiT student, save and reload the
     teacher by name, run a forward pass and print what happened."""
     torch.manual_seed(args.seed)
-    out_dir = Path(args.output)
+    out_dir = Path(args.output or "runs/smoke")
     out_dir.mkdir(parents=True, exist_ok=True)
     image_size, num_classes = args.image_size, args.num_classes
 
@@ -112,18 +124,90 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from deit.train import train
+
+    config = load_config(args.config, overrides_from_args(args))
+    result = train(config)
+    final = result.final
+    if final:
+        heads = "".join(f", {h} {final[f'val_{h}_acc1']:.2f}%" for h in ("cls", "dist") if f"val_{h}_acc1" in final)
+        print(f"done: {result.epochs_run} epoch(s) in {result.wall_time_s:.0f} s, val top-1 {final['val_acc1']:.2f}%"
+              f"{heads} (best {result.best_acc1:.2f}%), {result.train_images_per_s:.0f} train images/s; "
+              f"run directory {result.output}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deit.inference import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, model_name=args.model, dataset=args.dataset,
+                                 data_dir=args.data_dir, use_ema=args.ema, batch_size=args.batch_size,
+                                 output=args.output)
+    print(report.format())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from deit.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema)
+    results = predictor.predict_files(args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            ranked = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"])
+            print(f"{item['image']}: {ranked}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers (DeiT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log checkpoint adaptations and progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="smoke demo: teacher + distilled student, forward pass, parameter counts")
-    p.add_argument("--output", default="runs/demo", help="directory for the demo's files (default: runs/demo)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the main job: train a ConvNeXt teacher, a distilled DeiT and a control on "
+                                    "Fashion-MNIST (<= 10 min on 2 cores) and print the comparison")
+    p.add_argument("--output", help="run directory (default: runs/demo-<date>-<time>)")
+    p.add_argument("--full", action="store_true", help="the longer schedule (all 60k images, more epochs)")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help="seconds-long tour instead: random weights, a forward pass, "
+                                                        "parameter counts")
+    p.add_argument("--image-size", type=int, default=32, help="(--smoke)")
+    p.add_argument("--num-classes", type=int, default=10, help="(--smoke)")
+    p.add_argument("--batch-size", type=int, default=8, help="(--smoke)")
+    p.add_argument("--seed", type=int, default=0, help="(--smoke)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model (with or without a teacher); torchrun-aware",
+                       description="Train a model. Settings come from the defaults (the paper's recipe), then "
+                                   "--config FILE.yaml, then these flags. Under torchrun it trains with DDP.")
+    p.add_argument("--config", help="YAML file of settings (keys as the flags, with underscores)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 per head, confusion matrix PNG")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train (or any weights file with "
+                                                       "--model)")
+    p.add_argument("--model", help="architecture, for foreign weights files")
+    p.add_argument("--dataset", help="data set (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", help="data folder for IDX-file data sets")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--output", help="folder for confusion_matrix.png and eval.json (default: beside the checkpoint)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 classes with names for image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("list-models", help="list registered model names")
     p.add_argument("pattern", nargs="?", help="substring or glob, e.g. 'distilled' or 'deit_*_224'")
@@ -148,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    chatty = args.verbose or args.command in ("train", "demo")
+    logging.basicConfig(level=logging.INFO if chatty else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
         print(f"deit {args.command}: error: {err}", file=sys.stderr)
         return 2

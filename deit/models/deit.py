@@ -15,7 +15,7 @@ API the seed describes:
   differs and the official weights were evaluated with the logit mean);
 * the teacher is NOT a submodule: it never appears in ``state_dict()``, ``parameters()``
   or an optimizer, always stays in eval mode with ``requires_grad=False`` and runs under
-  ``torch.no_grad()`` — yet it moves with ``.to()`` / ``.cuda()`` / ``.half()``.
+  ``torch.inference_mode()`` — yet it moves with ``.to()`` / ``.cuda()`` / ``.half()``.
 """
 from __future__ import annotations
 
@@ -123,6 +123,13 @@ class DeiT(ViT):
             head.apply(_init_linear_and_norm)
             self._to_model_device(head)
 
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N+2, D) -> ``(cls_logits, dist_logits)`` whatever the mode (for evaluation
+        of each head and of their fusion in one pass)."""
+        cls_logits = self.head(self.head_drop(x[:, 0]))  # (B, K)
+        dist_logits = self.head_dist(self.head_drop(x[:, 1]))  # (B, K)
+        return cls_logits, dist_logits
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens (B, N+2, D) -> logits.
 
@@ -130,11 +137,9 @@ class DeiT(ViT):
         Eval mode: the (B, num_classes) tensor chosen by ``return_logits_type``.
         ``pre_logits=True``: mean of the two normalised tokens (B, D), as timm.
         """
-        cls_tok, dist_tok = x[:, 0], x[:, 1]  # (B, D) each
         if pre_logits:
-            return (cls_tok + dist_tok) / 2  # (B, D)
-        cls_logits = self.head(self.head_drop(cls_tok))  # (B, K)
-        dist_logits = self.head_dist(self.head_drop(dist_tok))  # (B, K)
+            return (x[:, 0] + x[:, 1]) / 2  # (B, D)
+        cls_logits, dist_logits = self.forward_heads(x)
         if self.training:
             return cls_logits, dist_logits
         if self._return_logits_type == "classification":
@@ -199,21 +204,24 @@ class DeiT(ViT):
         self.set_teacher(teacher)
         return teacher
 
-    @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits (B, num_classes) for ``x``; eval mode, no gradient."""
+        """Teacher logits (B, num_classes) for ``x``: eval mode, ``torch.inference_mode``.
+
+        The result is cloned outside inference mode so it can serve as a loss target
+        (autograd may save targets for backward, which inference tensors forbid)."""
         teacher = self.teacher
         if teacher is None:
             raise RuntimeError("this DeiT has no teacher: pass teacher_model_name= or call set_teacher()")
         if teacher.training:  # someone called teacher.train(): the teacher is always frozen
             teacher.eval()
-        out = teacher(x)
-        if isinstance(out, (tuple, list)):  # e.g. a DeiT teacher returning (student, teacher)
-            out = out[0]
+        with torch.inference_mode():
+            out = teacher(x)
+            if isinstance(out, (tuple, list)):  # e.g. a DeiT teacher returning (student, teacher)
+                out = out[0]
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise ValueError(f"the teacher returned logits of shape {tuple(out.shape)}; expected "
                              f"(batch, {self.num_classes}) to match the student's num_classes")
-        return out  # (B, K)
+        return out if torch.is_inference_mode_enabled() else out.clone()  # (B, K)
 
     def _apply(self, fn: Callable, recurse: bool = True):
         """Move/cast the teacher with the student although it is not a submodule."""

@@ -1,0 +1,24 @@
+"""The data layer for distillation training: data sets, transforms, samplers, loaders."""
+from deit.data.datasets import (
+    BUILTIN_DATASETS,
+    DATASET_INFO,
+    ArrayImageDataset,
+    CorruptDatasetError,
+    DatasetInfo,
+    DatasetNotFoundError,
+    FolderDataset,
+    dataset_info,
+    dataset_mean_std,
+    load_dataset,
+    read_idx,
+)
+from deit.data.loader import build_loader, build_sampler
+from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
+from deit.data.transforms import build_transform, load_image
+
+__all__ = [
+    "BUILTIN_DATASETS", "DATASET_INFO", "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo",
+    "DatasetNotFoundError", "FolderDataset", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx",
+    "build_transform", "load_image", "build_loader", "build_sampler", "SeededRepeatAugSampler",
+    "ShardSampler",
+]

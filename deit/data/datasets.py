@@ -1,0 +1,353 @@
+"""Data sets for distillation training (issue "Distillation training system", item 2).
+
+Built-in data sets are small and decoded ONCE into memory as a uint8 array
+(:class:`ArrayImageDataset`); anything larger is an ImageFolder tree on disk.
+
+=================  ===============================================================
+name               source
+=================  ===============================================================
+``digits``         scikit-learn's bundled 8x8 digits (1797 images), fixed stratified
+                   80/20 split: 1437 train / 360 val. Nothing is downloaded.
+``fashion-mnist``  the four IDX files from ``data_dir`` or, by default,
+                   ``/usr/share/datasets/fashion-mnist`` (Debian package
+                   ``dataset-fashion-mnist``): 60000 train / 10000 val (the test set).
+``mnist``          the same IDX layout; ``data_dir`` is required.
+a directory        an ImageFolder root holding ``train/`` and ``val/`` class folders.
+=================  ===============================================================
+
+Built-in names take priority over a directory of the same name (use ``./digits``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes, pil_loader
+
+from deit._validation import check_choice
+
+__all__ = [
+    "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
+    "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
+    "dataset_info", "dataset_mean_std", "load_dataset", "read_idx",
+]
+
+SPLITS = ("train", "val")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+IDX_FILES = {  # split -> (images stem, labels stem); each file may also end in .gz
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a data set are not where they were looked for; the message names the
+    paths tried and how to get the data."""
+
+
+class CorruptDatasetError(ValueError):
+    """A data file exists but cannot be decoded (truncated, wrong format); the message
+    names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Per-data-set defaults for the training recipe.
+
+    ``native_size`` is the stored image side in pixels (``None``: images vary, as in an
+    ImageFolder). ``hflip_ok`` is False where a mirrored image is a different or an
+    invalid sample (digits: a mirrored 2 is no digit), so random flips must be off.
+    """
+
+    name: str
+    num_classes: int
+    channels: int
+    native_size: int | None
+    hflip_ok: bool
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", num_classes=10, channels=1, native_size=8, hflip_ok=False),
+    "fashion-mnist": DatasetInfo("fashion-mnist", num_classes=10, channels=1, native_size=28, hflip_ok=True),
+    "mnist": DatasetInfo("mnist", num_classes=10, channels=1, native_size=28, hflip_ok=False),
+}
+BUILTIN_DATASETS: tuple[str, ...] = tuple(DATASET_INFO)
+
+
+# --- in-memory data sets ----------------------------------------------------------------
+
+class ArrayImageDataset(Dataset):
+    """A small image data set held in memory as one uint8 array.
+
+    Args:
+        images: uint8 array, (N, H, W) for grey or (N, H, W, 3) for RGB.
+        targets: integer class indices, shape (N,), each in ``[0, len(classes))``.
+        classes: class names; ``classes[k]`` names label ``k``.
+        transform: callable mapping a ``PIL.Image`` (mode ``L`` or ``RGB``) to a tensor;
+            ``None`` returns the image as a float tensor (C, H, W) in [0, 1].
+        hflip_ok: whether a mirrored image is still a valid sample (see :class:`DatasetInfo`).
+
+    ``dataset[i]`` is ``(transform(image), label)`` with ``label`` a Python int.
+    ``targets`` is a list of Python ints and ``class_to_idx`` a dict, as in torchvision's
+    data sets; the arrays themselves stay available as ``images`` / ``targets_array``.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray | Sequence[int], classes: Sequence[str],
+                 transform: Callable[[Image.Image], Any] | None = None, hflip_ok: bool = True):
+        images = np.asarray(images)
+        targets_array = np.asarray(targets)
+        if images.dtype != np.uint8:
+            raise ValueError(f"images has dtype {images.dtype}; expected uint8 (values 0..255)")
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+            raise ValueError(f"images has shape {images.shape}; expected (N, H, W) for grey "
+                             "or (N, H, W, 3) for RGB")
+        if targets_array.ndim != 1 or len(targets_array) != len(images):
+            raise ValueError(f"targets has shape {targets_array.shape}; expected ({len(images)},), "
+                             "one label per image")
+        if len(targets_array) and not np.issubdtype(targets_array.dtype, np.integer):
+            raise ValueError(f"targets has dtype {targets_array.dtype}; expected integer class indices")
+        classes = [str(c) for c in classes]
+        if len(targets_array) and (targets_array.min() < 0 or targets_array.max() >= len(classes)):
+            raise ValueError(f"targets span {int(targets_array.min())}..{int(targets_array.max())}; "
+                             f"expected labels in 0..{len(classes) - 1} for {len(classes)} classes")
+        self.images = images                                    # (N, H, W) or (N, H, W, 3) uint8
+        self.targets_array = targets_array.astype(np.int64)     # (N,) int64
+        self.targets: list[int] = self.targets_array.tolist()
+        self.classes = classes
+        self.class_to_idx = {name: index for index, name in enumerate(classes)}
+        self.transform = transform
+        self.hflip_ok = bool(hflip_ok)
+
+    @property
+    def channels(self) -> int:
+        """1 for grey images, 3 for RGB."""
+        return 1 if self.images.ndim == 3 else 3
+
+    @property
+    def native_size(self) -> int:
+        """Stored image side in pixels (images are assumed square)."""
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        array = self.images[index]                                  # (H, W) or (H, W, 3) uint8
+        label = int(self.targets_array[index])
+        if self.transform is None:
+            image = torch.tensor(array, dtype=torch.float32) / 255.0  # (H, W) or (H, W, 3)
+            image = image.unsqueeze(0) if array.ndim == 2 else image.permute(2, 0, 1)  # (C, H, W)
+            return image, label
+        return self.transform(Image.fromarray(array)), label
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={len(self)}, size={self.native_size}, channels={self.channels}, "
+                f"classes={len(self.classes)}, transform={self.transform!r})")
+
+
+class FolderDataset(ImageFolder):
+    """torchvision's ImageFolder, every image converted to RGB on load."""
+
+    channels = 3
+    native_size = None
+    hflip_ok = True
+
+
+# --- IDX files (MNIST / Fashion-MNIST) --------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), optionally gzip-compressed (``.gz``).
+
+    Layout: two zero bytes, a type code (0x08 = uint8, ...), the number of dimensions,
+    one big-endian uint32 per dimension, then the values in C order. Raises
+    :class:`CorruptDatasetError` naming the file when it does not match that layout.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"IDX file not found: {path}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise CorruptDatasetError(f"cannot decompress {path}: the gzip stream is corrupt or truncated "
+                                  f"({err})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise CorruptDatasetError(f"{path} is not an IDX file: expected 2 zero bytes, a type code and a "
+                                  f"dimension count at the start, found {data[:4]!r}")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise CorruptDatasetError(f"{path}: unknown IDX type code 0x{code:02x}; expected one of "
+                                  + ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES))
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise CorruptDatasetError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(data) != expected:
+        raise CorruptDatasetError(
+            f"{path} is truncated or corrupt: its header declares shape {dims} of {dtype.name}, "
+            f"{expected} bytes in all, but the file holds {len(data)} bytes")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for path in (directory / stem, directory / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_idx_split(name: str, directory: Path, split: str, classes: Sequence[str], transform,
+                    hint: str) -> ArrayImageDataset:
+    stems = IDX_FILES[split]
+    found = [_find_idx(directory, stem) for stem in stems]
+    if None in found:
+        tried = [str(directory / f"{stem}{suffix}") for stem, path in zip(stems, found) if path is None
+                 for suffix in ("", ".gz")]
+        raise DatasetNotFoundError(f"{name} {split} split not found; looked for: {', '.join(tried)}. {hint}")
+    images, labels = (read_idx(path) for path in found)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise CorruptDatasetError(f"{found[0]} holds a {images.dtype} array of shape {images.shape}; "
+                                  "expected uint8 images (N, H, W)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise CorruptDatasetError(f"{found[1]} holds labels of shape {labels.shape}; expected "
+                                  f"({len(images)},) to match {found[0]}")
+    if len(labels) and labels.max() >= len(classes):
+        raise CorruptDatasetError(f"{found[1]} holds label {int(labels.max())}; expected labels in "
+                                  f"0..{len(classes) - 1}")
+    return ArrayImageDataset(images, labels.astype(np.int64), classes, transform,
+                             hflip_ok=DATASET_INFO[name].hflip_ok)
+
+
+def _load_digits(split: str, transform) -> ArrayImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)   # (1797, 8, 8), 0..16 -> 0..255
+    targets = bunch.target.astype(np.int64)                              # (1797,)
+    train_idx, val_idx = train_test_split(np.arange(len(targets)), test_size=0.2, random_state=0,
+                                          stratify=targets)
+    index = np.sort(train_idx if split == "train" else val_idx)
+    return ArrayImageDataset(images[index], targets[index], DIGIT_CLASSES, transform,
+                             hflip_ok=DATASET_INFO["digits"].hflip_ok)
+
+
+def _load_folder(root: Path, split: str, transform) -> FolderDataset:
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DatasetNotFoundError(
+            f"image folder {root}: split folder {split_dir} does not exist; expected {root}/train/ and "
+            f"{root}/val/, each holding one sub-folder of images per class")
+    dataset = FolderDataset(str(split_dir), transform=transform, loader=pil_loader)
+    other_dir = root / ("val" if split == "train" else "train")
+    if other_dir.is_dir():
+        other_classes, _ = find_classes(str(other_dir))
+        if other_classes != dataset.classes:
+            mine, theirs = set(dataset.classes), set(other_classes)
+            raise ValueError(
+                f"image folder {root}: train/ and val/ hold different classes; "
+                f"only in {split_dir.name}/: {sorted(mine - theirs)}, only in {other_dir.name}/: "
+                f"{sorted(theirs - mine)}. Both splits need the same class folders (labels are "
+                "assigned by sorted folder name)")
+    return dataset
+
+
+def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
+                 transform: Callable[[Image.Image], Any] | None = None) -> Dataset:
+    """Load split ``"train"`` or ``"val"`` of a built-in data set or an ImageFolder root.
+
+    Args:
+        name: one of :data:`BUILTIN_DATASETS`, or a directory holding ``train/`` and ``val/``.
+        split: ``"train"`` or ``"val"``.
+        data_dir: directory of the IDX files for ``fashion-mnist`` (optional) and
+            ``mnist`` (required); ignored otherwise.
+        transform: applied to each ``PIL.Image``; see :class:`ArrayImageDataset` for ``None``.
+
+    Returns:
+        An :class:`ArrayImageDataset` or a :class:`FolderDataset`; both have ``classes``,
+        ``targets``, ``channels``, ``native_size`` and ``hflip_ok``.
+    """
+    check_choice("split", split, SPLITS)
+    key = os.fspath(name)
+    if key == "digits":
+        return _load_digits(split, transform)
+    if key == "fashion-mnist":
+        directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+        hint = ("Install the Debian package with `apt-get install -y dataset-fashion-mnist`, or pass "
+                "--data-dir with the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz).")
+        return _load_idx_split(key, directory, split, FASHION_MNIST_CLASSES, transform, hint)
+    if key == "mnist":
+        hint = ("Pass --data-dir (data_dir=) with the four MNIST IDX files: train-images-idx3-ubyte, "
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz).")
+        if data_dir is None:
+            raise DatasetNotFoundError(f"mnist is not bundled and has no default location. {hint}")
+        return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
+    if os.path.isdir(key):
+        return _load_folder(Path(key), split, transform)
+    raise ValueError(f"unknown data set {key!r}: expected one of {', '.join(BUILTIN_DATASETS)}, or an "
+                     "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+
+
+# --- statistics and defaults ------------------------------------------------------------
+
+def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel normalisation constants in [0, 1] units: ``(mean, std)``.
+
+    For an :class:`ArrayImageDataset` they are computed exactly from its image array —
+    pass the TRAINING split. For an image folder they are timm's ImageNet constants.
+    """
+    if isinstance(dataset, ArrayImageDataset):
+        pixels = dataset.images.reshape(-1, dataset.channels)            # (N*H*W, C) uint8
+        values = np.arange(256, dtype=np.float64) / 255.0                # (256,)
+        means, stds = [], []
+        for c in range(dataset.channels):
+            counts = np.bincount(pixels[:, c], minlength=256).astype(np.float64)  # (256,) histogram
+            total = counts.sum()
+            mean = float((counts * values).sum() / total)
+            var = float((counts * (values - mean) ** 2).sum() / total)
+            means.append(mean)
+            stds.append(max(var, 0.0) ** 0.5)
+        return tuple(means), tuple(stds)
+    key = os.fspath(name)
+    if key in BUILTIN_DATASETS:
+        raise TypeError(f"dataset_mean_std({key!r}, ...) got a {type(dataset).__name__}; expected the "
+                        "ArrayImageDataset returned by load_dataset")
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
+def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> DatasetInfo:
+    """Defaults for ``name``: the built-in table, or (for a folder) read off ``dataset``."""
+    key = os.fspath(name)
+    if key in DATASET_INFO:
+        return DATASET_INFO[key]
+    if dataset is None or not hasattr(dataset, "classes"):
+        raise ValueError(f"{key!r} is not a built-in data set ({', '.join(BUILTIN_DATASETS)}); pass the "
+                         "loaded image-folder dataset so its classes can be counted")
+    return DatasetInfo(key, num_classes=len(dataset.classes), channels=getattr(dataset, "channels", 3),
+                       native_size=getattr(dataset, "native_size", None),
+                       hflip_ok=getattr(dataset, "hflip_ok", True))

@@ -1,0 +1,312 @@
+"""A whole training run: data, model, teacher, recipe, epochs, checkpoints, logs.
+
+``train(config)`` is what ``deit train`` runs, in one process or under torchrun. The run
+directory (``config.output``) receives ``config.yaml`` (resolved settings), ``last.pth``
+and ``best.pth`` (atomic, weights-only loadable), ``metrics.csv``, TensorBoard events,
+``curves.png`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deit import distributed
+from deit.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_pretrained,
+    load_training_checkpoint,
+    model_identity,
+    restore_rng_state,
+    save_training_checkpoint,
+)
+from deit.config import TrainConfig
+from deit.engine import Amp, evaluate, train_one_epoch, unwrap
+from deit.losses import DistillationLoss, build_base_criterion
+from deit.models.deit import DeiT
+from deit.models.registry import create_model, model_family
+from deit.models.teacher import load_teacher
+from deit.optim import build_optimizer, build_scheduler
+from deit.run_log import RunLog
+
+logger = logging.getLogger("deit")
+
+# Settings that define the model: a resumed run must not change them.
+MODEL_DEFINING = ("model", "num_classes", "image_size", "in_channels", "dataset", "teacher_model",
+                  "distillation_type", "drop_path")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    final: dict[str, Any] = field(default_factory=dict)
+    best_acc1: float = float("nan")
+    epochs_run: int = 0
+    wall_time_s: float = 0.0
+    train_images_per_s: float = float("nan")
+
+
+def resolve_device(name: str, env: distributed.DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{env.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_output_dir(output: Path, resume: bool) -> None:
+    """The run directory must be writable, and a new run must not overwrite an old one."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output directory {output} is not writable ({err.strerror or err})") from None
+    if not resume and (output / "last.pth").exists():
+        raise ValueError(f"{output} already holds a run (last.pth); pass --resume to continue it or choose "
+                         "another --output (nothing was overwritten)")
+    if resume and not (output / "last.pth").exists():
+        raise ValueError(f"--resume: no checkpoint to resume in {output} (expected {output / 'last.pth'})")
+
+
+def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = config.to_dict()
+    changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in MODEL_DEFINING
+               if k in saved and saved.get(k) != current.get(k)]
+    if changed:
+        raise ValueError("cannot resume with a changed model configuration (" + "; ".join(changed) +
+                         "); start a new run with another --output instead")
+
+
+def build_data(config: TrainConfig, env: distributed.DistEnv):
+    """Datasets, loaders and the data settings that a checkpoint records for prediction."""
+    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
+
+    probe = load_dataset(config.dataset, "train", config.data_dir)
+    channels = config.in_channels or probe.channels
+    image_size = config.image_size or probe.native_size
+    if image_size is None:  # ImageFolder: the model's own size
+        with torch.device("meta"):
+            image_size = getattr(create_model(config.model), "image_size", 224)
+    mean, std = dataset_mean_std(config.dataset, probe)
+    if channels != len(mean):
+        mean, std = tuple(mean) * channels if len(mean) == 1 else mean, tuple(std) * channels if len(std) == 1 \
+            else std
+    hflip = config.hflip if config.hflip is not None else (0.5 if getattr(probe, "hflip_ok", True) else 0.0)
+    common = dict(image_size=image_size, in_channels=channels, mean=mean, std=std)
+    train_tf = build_transform(is_train=True, auto_augment=config.auto_augment, color_jitter=config.color_jitter,
+                               reprob=config.reprob, hflip=hflip, scale=tuple(config.scale), **common)
+    eval_tf = build_transform(is_train=False, **common)
+    train_set = load_dataset(config.dataset, "train", config.data_dir, transform=train_tf)
+    val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf)
+    classes = list(train_set.classes)
+    if config.train_subset is not None and config.train_subset < len(train_set):
+        train_set = torch.utils.data.Subset(train_set, range(config.train_subset))
+    loader_args = dict(num_workers=config.num_workers, world_size=env.world_size, rank=env.rank, seed=config.seed)
+    train_loader = build_loader(train_set, batch_size=config.batch_size, is_train=True,
+                                repeated_aug=config.repeated_aug, **loader_args)
+    val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
+    if len(train_loader) < config.accum_steps:
+        raise ValueError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
+                         f"fewer than accum_steps={config.accum_steps}: lower batch_size or accum_steps")
+    data_config = {"dataset": config.dataset, "image_size": image_size, "in_channels": channels,
+                   "mean": list(mean), "std": list(std), "num_classes": len(classes)}
+    return train_loader, val_loader, classes, data_config
+
+
+def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    overrides: dict[str, Any] = dict(num_classes=num_classes, in_channels=in_channels)
+    if model_family(config.model) == "vit":
+        overrides.update(image_size=image_size, stochastic_depth=config.drop_path > 0,
+                         stochastic_depth_mp=config.drop_path)
+    else:
+        overrides["drop_path_rate"] = config.drop_path
+    model = create_model(config.model, **overrides)
+    if config.finetune:
+        report = load_pretrained(model, config.finetune)
+        for note in report.notes:
+            logger.info("finetune: %s", note)
+    return model
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) a training run; returns its final metrics."""
+    config.validate()
+    env = distributed.detect()
+    device = resolve_device(config.device, env)
+    output = Path(config.output)
+    if env.is_main:
+        check_output_dir(output, config.resume)
+    distributed.init(env, device)
+    try:
+        return _train(config, env, device, output)
+    finally:
+        distributed.shutdown()
+
+
+def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
+    start_time = time.perf_counter()
+    seed_everything(config.seed + env.rank)
+    resume_state = load_training_checkpoint(output / "last.pth") if config.resume else None
+    if resume_state is not None:
+        check_resume_compatible(resume_state.get("config", {}), config)
+
+    train_loader, val_loader, classes, data_config = build_data(config, env)
+    num_classes = config.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise ValueError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes")
+    model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
+
+    teacher = None
+    if config.teacher_model:
+        teacher = load_teacher(config.teacher_model, num_classes=num_classes, in_channels=data_config["in_channels"],
+                               image_size=data_config["image_size"], checkpoint=config.teacher_checkpoint)
+    distilling = teacher is not None and config.distillation_type != "none"
+    if distilling and isinstance(model, DeiT):
+        model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+
+    ema = None
+    if config.model_ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=True)
+    net: nn.Module = model
+    if env.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    effective_batch = config.batch_size * config.accum_steps * env.world_size
+    lr = config.lr * effective_batch / 512
+    optimizer = build_optimizer(model, lr, config.weight_decay)
+    updates_per_epoch = len(train_loader) // config.accum_steps
+    scheduler = build_scheduler(optimizer, total_steps=config.epochs * updates_per_epoch,
+                                warmup_steps=config.warmup_epochs * updates_per_epoch, min_lr=config.min_lr,
+                                warmup_lr=config.warmup_lr)
+    mixup_fn = None
+    if (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0:
+        from timm.data import Mixup
+
+        mixup_fn = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                         switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
+                         num_classes=num_classes)
+    criterion = DistillationLoss(
+        build_base_criterion(mixup_active=mixup_fn is not None, smoothing=config.smoothing),
+        teacher=None if isinstance(model, DeiT) else teacher,
+        distillation_type=config.distillation_type if distilling else "none",
+        alpha=config.distillation_alpha, tau=config.distillation_tau, kl_reduction=config.kl_reduction)
+    amp = Amp(enabled=config.amp, dtype=getattr(torch, config.amp_dtype))
+    scaler = torch.amp.GradScaler("cuda") if config.amp and config.amp_dtype == "float16" and device.type == "cuda" \
+        else None
+
+    start_epoch, num_updates, best_acc1 = 0, 0, float("-inf")
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.module.load_state_dict(resume_state["ema"])
+        start_epoch = int(resume_state["epoch"]) + 1
+        num_updates = int(resume_state["num_updates"])
+        best_acc1 = float(resume_state.get("best_acc1", best_acc1))
+        rng = resume_state["rng"]
+        restore_rng_state(rng[env.rank] if isinstance(rng, list) and env.rank < len(rng) else rng)
+
+    resolved = config.to_dict()
+    resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
+                    in_channels=data_config["in_channels"])
+    if env.is_main:
+        (output / "config.yaml").write_text(__import__("yaml").safe_dump(resolved, sort_keys=False))
+    run_log = RunLog(output, enabled=env.is_main, resume_after_epoch=start_epoch - 1 if resume_state else None)
+    if env.is_main:
+        logger.info("training %s on %s: %d epochs x %d updates of %d images (lr %.2e), output %s", config.model,
+                    config.dataset, config.epochs, updates_per_epoch, effective_batch, lr, output)
+
+    final: dict[str, Any] = {}
+    throughput = []
+    for epoch in range(start_epoch, config.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        train_metrics, num_updates = train_one_epoch(
+            net, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
+            scheduler=scheduler, mixup_fn=mixup_fn, ema=ema, amp=amp, scaler=scaler,
+            accum_steps=config.accum_steps, clip_grad=config.clip_grad, progress=config.progress and env.is_main)
+        throughput.append(train_metrics["train_images_per_s"])
+        val = evaluate(model, val_loader, device=device, amp=amp, teacher=teacher)
+        metrics = {**train_metrics, **{f"val_{k}": v for k, v in val.items() if k != "count"}}
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, device=device, amp=amp)
+            metrics.update({f"ema_{k}": v for k, v in ema_val.items() if k != "count"})
+        improved = metrics["val_acc1"] > best_acc1
+        best_acc1 = max(best_acc1, metrics["val_acc1"])
+        metrics["best_acc1"] = best_acc1
+        final = metrics
+        rng_states = _gather_rng_states(env)
+        if env.is_main:
+            run_log.log_epoch(epoch, metrics)
+            payload = {
+                **model_identity(model), "model": model.state_dict(), "classes": classes,
+                "data_config": data_config, "config": resolved, "epoch": epoch, "num_updates": num_updates,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.module.state_dict() if ema is not None else None, "rng": rng_states,
+                "best_acc1": best_acc1, "metrics": metrics,
+            }
+            save_training_checkpoint(output / "last.pth", payload)
+            if improved:
+                save_training_checkpoint(output / "best.pth", payload)
+            logger.info("epoch %d: train loss %.4f, val top-1 %.2f%% (best %.2f%%)", epoch,
+                        metrics["train_loss"], metrics["val_acc1"], best_acc1)
+        distributed.barrier()
+
+    wall = time.perf_counter() - start_time
+    result = TrainResult(output=output, final=final, best_acc1=best_acc1, epochs_run=config.epochs - start_epoch,
+                         wall_time_s=wall,
+                         train_images_per_s=float(np.median(throughput)) if throughput else float("nan"))
+    if env.is_main:
+        run_log.plot(output / "curves.png", title=f"{config.model} on {config.dataset}")
+        run_log.close()
+        summary = {"model": config.model, "dataset": config.dataset, "best_acc1": best_acc1,
+                   "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+                   "wall_time_s": wall, "train_images_per_s": result.train_images_per_s}
+        tmp = output / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, output / "summary.json")
+    return result
+
+
+def _gather_rng_states(env: distributed.DistEnv):
+    """Every rank's RNG state (a list in multi-process runs) so resume is exact per rank."""
+    state = capture_rng_state()
+    if not env.enabled:
+        return state
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+__all__ = ["train", "TrainResult", "CheckpointError"]
