@@ -127,10 +127,12 @@ def smoke_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from deit.train import train
 
+    from deit import distributed
+
     config = load_config(args.config, overrides_from_args(args))
     result = train(config)
     final = result.final
-    if final:
+    if final and distributed.detect().is_main and "val_acc1" in final:
         heads = "".join(f", {h} {final[f'val_{h}_acc1']:.2f}%" for h in ("cls", "dist") if f"val_{h}_acc1" in final)
         print(f"done: {result.epochs_run} epoch(s) in {result.wall_time_s:.0f} s, val top-1 {final['val_acc1']:.2f}%"
               f"{heads} (best {result.best_acc1:.2f}%), {result.train_images_per_s:.0f} train images/s; "

@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue the run in `output` from its last checkpoint
+    eval_interval: int = 1  # evaluate every N epochs (the last epoch is always evaluated)
+    stop_after_epochs: int | None = None  # end this invocation after N epochs (time-limited job slots); resume later
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
 
@@ -91,9 +93,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{name}={value!r} is invalid; expected a number in [{low}, {high}]")
 
-        for name in ("epochs", "batch_size", "accum_steps", "repeated_aug"):
+        for name in ("epochs", "batch_size", "accum_steps", "repeated_aug", "eval_interval"):
             positive_int(name)
-        for name in ("num_classes", "image_size", "in_channels", "train_subset"):
+        for name in ("num_classes", "image_size", "in_channels", "train_subset", "stop_after_epochs"):
             if getattr(self, name) is not None:
                 positive_int(name)
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:

@@ -102,9 +102,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     if data_config.get("mean"):
         mean, std = data_config["mean"], data_config["std"]
     else:
+        from deit.train import stats_for_channels
+
         mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir))
-        if len(mean) != in_channels:
-            mean, std = list(mean) * in_channels, list(std) * in_channels
+        mean, std = stats_for_channels(mean, in_channels), stats_for_channels(std, in_channels)
     transform = build_transform(is_train=False, image_size=image_size, in_channels=in_channels, mean=mean, std=std)
     val_set = load_dataset(dataset, "val", data_dir, transform=transform)
     classes = meta["classes"] or list(val_set.classes)

@@ -41,6 +41,8 @@ from deit.run_log import RunLog
 
 logger = logging.getLogger("deit")
 
+LOOP_SEED_OFFSET = 1_000_003
+
 # Settings that define the model: a resumed run must not change them.
 MODEL_DEFINING = ("model", "num_classes", "image_size", "in_channels", "dataset", "teacher_model",
                   "distillation_type", "drop_path")
@@ -90,11 +92,23 @@ def check_output_dir(output: Path, resume: bool) -> None:
 
 def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
     current = config.to_dict()
+    # None means "derive from the data", which the saved (resolved) config already did
     changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in MODEL_DEFINING
-               if k in saved and saved.get(k) != current.get(k)]
+               if k in saved and current.get(k) is not None and saved.get(k) != current.get(k)]
     if changed:
         raise ValueError("cannot resume with a changed model configuration (" + "; ".join(changed) +
                          "); start a new run with another --output instead")
+
+
+def stats_for_channels(values, channels: int) -> tuple[float, ...]:
+    """Normalisation statistics for ``channels``: grey stats replicated for RGB input, RGB
+    stats averaged for grey input."""
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    return (sum(values) / len(values),) * channels
 
 
 def build_data(config: TrainConfig, env: distributed.DistEnv):
@@ -108,9 +122,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
         with torch.device("meta"):
             image_size = getattr(create_model(config.model), "image_size", 224)
     mean, std = dataset_mean_std(config.dataset, probe)
-    if channels != len(mean):
-        mean, std = tuple(mean) * channels if len(mean) == 1 else mean, tuple(std) * channels if len(std) == 1 \
-            else std
+    mean, std = stats_for_channels(mean, channels), stats_for_channels(std, channels)
     hflip = config.hflip if config.hflip is not None else (0.5 if getattr(probe, "hflip_ok", True) else 0.0)
     common = dict(image_size=image_size, in_channels=channels, mean=mean, std=std)
     train_tf = build_transform(is_train=True, auto_augment=config.auto_augment, color_jitter=config.color_jitter,
@@ -233,6 +245,10 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
         best_acc1 = float(resume_state.get("best_acc1", best_acc1))
         rng = resume_state["rng"]
         restore_rng_state(rng[env.rank] if isinstance(rng, list) and env.rank < len(rng) else rng)
+    else:
+        # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
+        # depends on the seed alone, not on what construction or first-time imports consumed.
+        seed_everything(config.seed + env.rank + LOOP_SEED_OFFSET)
 
     resolved = config.to_dict()
     resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
@@ -246,7 +262,9 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
     final: dict[str, Any] = {}
     throughput = []
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if config.stop_after_epochs is None else \
+        min(config.epochs, start_epoch + config.stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         train_metrics, num_updates = train_one_epoch(
@@ -254,13 +272,17 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
             scheduler=scheduler, mixup_fn=mixup_fn, ema=ema, amp=amp, scaler=scaler,
             accum_steps=config.accum_steps, clip_grad=config.clip_grad, progress=config.progress and env.is_main)
         throughput.append(train_metrics["train_images_per_s"])
-        val = evaluate(model, val_loader, device=device, amp=amp, teacher=teacher)
-        metrics = {**train_metrics, **{f"val_{k}": v for k, v in val.items() if k != "count"}}
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_loader, device=device, amp=amp)
-            metrics.update({f"ema_{k}": v for k, v in ema_val.items() if k != "count"})
-        improved = metrics["val_acc1"] > best_acc1
-        best_acc1 = max(best_acc1, metrics["val_acc1"])
+        metrics = dict(train_metrics)
+        evaluated = (epoch + 1) % config.eval_interval == 0 or epoch == config.epochs - 1
+        improved = False
+        if evaluated:
+            val = evaluate(model, val_loader, device=device, amp=amp, teacher=teacher)
+            metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
+            if ema is not None:
+                ema_val = evaluate(ema.module, val_loader, device=device, amp=amp)
+                metrics.update({f"ema_{k}": v for k, v in ema_val.items() if k != "count"})
+            improved = metrics["val_acc1"] > best_acc1
+            best_acc1 = max(best_acc1, metrics["val_acc1"])
         metrics["best_acc1"] = best_acc1
         final = metrics
         rng_states = _gather_rng_states(env)
@@ -277,12 +299,13 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
             save_training_checkpoint(output / "last.pth", payload)
             if improved:
                 save_training_checkpoint(output / "best.pth", payload)
-            logger.info("epoch %d: train loss %.4f, val top-1 %.2f%% (best %.2f%%)", epoch,
-                        metrics["train_loss"], metrics["val_acc1"], best_acc1)
+            val_text = f"val top-1 {metrics['val_acc1']:.2f}% (best {best_acc1:.2f}%)" if evaluated else "not evaluated"
+            logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch,
+                        metrics["train_loss"], val_text, metrics["train_images_per_s"], time.perf_counter() - start_time)
         distributed.barrier()
 
     wall = time.perf_counter() - start_time
-    result = TrainResult(output=output, final=final, best_acc1=best_acc1, epochs_run=config.epochs - start_epoch,
+    result = TrainResult(output=output, final=final, best_acc1=best_acc1, epochs_run=end_epoch - start_epoch,
                          wall_time_s=wall,
                          train_images_per_s=float(np.median(throughput)) if throughput else float("nan"))
     if env.is_main:

@@ -11,7 +11,7 @@ from deit import create_model, save_model
 from deit.cli import build_parser, main
 from tests.conftest import perturb_
 
-SUBCOMMANDS = ["demo", "list-models", "info", "convert"]
+SUBCOMMANDS = ["demo", "train", "eval", "predict", "list-models", "info", "convert"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -27,8 +27,8 @@ def test_every_subcommand_is_tested():
     assert set(sub.choices) == set(SUBCOMMANDS)
 
 
-def test_demo_runs_and_reports(tmp_path, capsys):
-    assert main(["demo", "--output", str(tmp_path), "--batch-size", "2"]) == 0
+def test_smoke_demo_runs_and_reports(tmp_path, capsys):
+    assert main(["demo", "--smoke", "--output", str(tmp_path), "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "teacher  convnext_atto_32" in out and "teacher not among its parameters or state_dict: True" in out
     for kind in ("classification", "distillation", "fusion"):

@@ -176,7 +176,8 @@ class DeiT(ViT):
             teacher.eval()
             teacher.requires_grad_(False)
             ref = self.pos_embed
-            teacher.to(device=ref.device, dtype=ref.dtype)
+            # channels_last: oneDNN's (depthwise) convolutions run ~1.5x faster in inference
+            teacher.to(device=ref.device, dtype=ref.dtype, memory_format=torch.channels_last)
         self.__dict__["_teacher"] = teacher
 
     def loadTeacherModel(self, checkpoint: str | os.PathLike | None = None) -> nn.Module:  # noqa: N802 (seed API)

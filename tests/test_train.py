@@ -1,0 +1,299 @@
+"""The training system end to end on real data (scikit-learn's digits, seconds per run):
+accuracy, distillation's effect, exact resume (also after kill -9), torchrun, finetune,
+non-finite losses, eval and predict."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from deit.config import load_config
+from deit.engine import NonFiniteLossError
+from deit.train import train
+
+# A light recipe that learns digits (8x8 upsampled to 16 px) in seconds: the paper's heavy
+# augmentation is meant for 300 ImageNet epochs, not 30 epochs of 1,437 images.
+DIGITS = dict(dataset="digits", image_size=16, batch_size=64, progress=False, model_ema=False, mixup=0.0,
+              cutmix=0.0, reprob=0.0, auto_augment=None, scale=(1.0, 1.0), warmup_epochs=1, repeated_aug=1,
+              drop_path=0.0)
+
+
+def run(output: Path, **settings):
+    return train(load_config(None, {**DIGITS, "output": str(output), **settings}))
+
+
+def last_row(output: Path) -> dict[str, float]:
+    with open(output / "metrics.csv", newline="") as f:
+        row = list(csv.DictReader(f))[-1]
+    return {k: float(v) for k, v in row.items()}
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory) -> Path:
+    """A ConvNeXt teacher trained on digits (about 95 % after 4 epochs); its best checkpoint."""
+    out = tmp_path_factory.mktemp("teacher")
+    result = train(load_config(None, {**DIGITS, "model": "convnext_atto_32", "epochs": 4, "lr": 4e-3,
+                                      "output": str(out / "run")}))
+    assert result.best_acc1 >= 90.0, f"teacher reached only {result.best_acc1:.1f}%"
+    return out / "run" / "best.pth"
+
+
+@pytest.mark.slow
+def test_distilled_student_on_digits_reaches_90_percent(digits_teacher, tmp_path):
+    student = run(tmp_path / "student", model="deit_pico_distilled_patch4_32", teacher_model="convnext_atto_32",
+                  teacher_checkpoint=str(digits_teacher), distillation_type="hard", epochs=20, lr=5e-3)
+    s = student.final
+    assert s["val_acc1"] >= 90.0 and s["val_cls_acc1"] >= 85.0 and s["val_dist_acc1"] >= 85.0, s
+    assert s["train_distillation_loss"] > 0
+    out = tmp_path / "student"
+    for name in ("last.pth", "best.pth", "metrics.csv", "config.yaml", "curves.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    # the teacher never entered the student's checkpoint
+    state = torch.load(out / "best.pth", weights_only=True)
+    assert not any(k.startswith(("stem", "stages", "teacher")) for k in state["model"])
+
+
+@pytest.mark.slow
+def test_distillation_head_follows_the_teacher_not_the_labels(digits_teacher, tmp_path):
+    """The distillation head learns the teacher's decisions (paper §4-5). To make them
+    distinguishable from the labels, the teacher's outputs for classes 1 and 7 are swapped:
+    the distilled student's dist head then agrees with the teacher far more often than the
+    control (trained on labels alone) or than its own class head does."""
+    from deit import save_model
+    from deit.inference import load_for_inference
+
+    teacher, _ = load_for_inference(digits_teacher)
+    with torch.no_grad():
+        for param in (teacher.head.fc.weight, teacher.head.fc.bias):
+            param[[1, 7]] = param[[7, 1]].clone()
+    save_model(teacher, tmp_path / "swapped.safetensors")
+    common = dict(teacher_model="convnext_atto_32", teacher_checkpoint=str(tmp_path / "swapped.safetensors"),
+                  epochs=10, lr=5e-3)
+    s = run(tmp_path / "student", model="deit_pico_distilled_patch4_32", distillation_type="hard", **common).final
+    c = run(tmp_path / "control", model="deit_pico_patch4_32", distillation_type="none", **common).final
+    assert s["val_dist_teacher_agreement"] > c["val_teacher_agreement"] + 5, (s, c)
+    assert s["val_dist_teacher_agreement"] > s["val_cls_teacher_agreement"] + 5, s
+    assert s["val_cls_acc1"] > s["val_dist_acc1"]  # the class head keeps following the true labels
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+RESUME = dict(model="deit_pico_distilled_patch4_32", epochs=3, train_subset=640, lr=5e-3, mixup=0.8, cutmix=1.0,
+              auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, repeated_aug=3, drop_path=0.1, model_ema=True,
+              warmup_epochs=1)
+
+
+@pytest.mark.slow
+def test_stop_and_resume_gives_identical_weights_and_metrics(tmp_path):
+    run(tmp_path / "straight", **RESUME)
+    run(tmp_path / "split", **RESUME, stop_after_epochs=1)
+    assert last_row(tmp_path / "split")["epoch"] == 0
+    run(tmp_path / "split", **RESUME, resume=True)
+    straight, split = _weights(tmp_path / "straight" / "last.pth"), _weights(tmp_path / "split" / "last.pth")
+    for key in straight:
+        assert torch.equal(straight[key], split[key]), key
+    a, b = last_row(tmp_path / "straight"), last_row(tmp_path / "split")
+    for key in a:
+        if not key.startswith("train_images_per_s") and not key.startswith("train_time"):
+            assert a[key] == b[key], key
+    ema_a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["ema"]
+    ema_b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deit", "train", *args]
+
+
+def _flags(settings: dict) -> list[str]:
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, tuple):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, "none" if value is None else str(value)]
+    return flags
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    settings = {**DIGITS, **RESUME, "num_workers": 1}
+    straight = subprocess.run(_cli(*_flags(settings), "--output", str(tmp_path / "straight")),
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*_flags(settings), "--output", str(out)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 1
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "last.pth").exists()
+    assert not list(out.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in out.glob(".*.tmp"))
+    torch.load(out / "last.pth", weights_only=True)  # never half-written
+    resumed = subprocess.run(_cli(*_flags(settings), "--output", str(out), "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(tmp_path / "straight" / "last.pth"), _weights(out / "last.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert last_row(tmp_path / "straight")["val_acc1"] == last_row(out)["val_acc1"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    settings = {**DIGITS, "model": "deit_pico_patch4_32", "epochs": 2, "lr": 5e-3, "batch_size": 32}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "deit",
+           "train", *_flags(settings), "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files.count("last.pth") == 1 and "metrics.csv" in files
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["batch_size"] == 32
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert isinstance(state["rng"], list) and len(state["rng"]) == 2  # one RNG state per rank
+    assert result.stdout.count("done:") == 1  # only rank 0 reports
+    # distributed evaluation covered the validation set exactly once: a single-process
+    # evaluation of the saved weights gives the same accuracy
+    from deit.inference import evaluate_checkpoint
+
+    report = evaluate_checkpoint(out / "last.pth", output=tmp_path / "eval")
+    assert report.metrics["count"] == 360
+    assert report.metrics["acc1"] == pytest.approx(float(rows[-1]["val_acc1"]), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_finetune_with_distillation_on_another_number_of_classes(digits_teacher, tmp_path):
+    from PIL import Image
+
+    from deit import create_model, save_model
+
+    pretrained = tmp_path / "pretrained"
+    run(pretrained, model="deit_pico_distilled_patch4_32", epochs=2, lr=5e-3)
+    # a 3-class image folder made from digits 0, 1, 2
+    from deit.data import load_dataset
+
+    digits = {split: load_dataset("digits", split) for split in ("train", "val")}
+    root = tmp_path / "folder"
+    for split, ds in digits.items():
+        for i in range(len(ds)):
+            image, label = ds.images[i], int(ds.targets[i])
+            if label < 3:
+                target = root / split / f"class{label}"
+                target.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).resize((16, 16)).save(target / f"{i}.png")
+    teacher = create_model("convnext_atto_32", num_classes=3, in_channels=1)
+    save_model(teacher, tmp_path / "teacher3.safetensors")
+    out = tmp_path / "finetuned"
+    result = run(out, dataset=str(root), in_channels=1, model="deit_pico_distilled_patch4_32",
+                 finetune=str(pretrained / "last.pth"), teacher_model="convnext_atto_32",
+                 teacher_checkpoint=str(tmp_path / "teacher3.safetensors"), distillation_type="soft", epochs=2,
+                 lr=1e-3)
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["model"]["head.weight"].shape == (3, 64) and state["model"]["head_dist.weight"].shape == (3, 64)
+    assert state["classes"] == ["class0", "class1", "class2"]
+    assert result.final["train_distillation_loss"] > 0  # the soft term was active
+    before = _weights(pretrained / "last.pth")["blocks.0.attn.qkv.weight"]
+    after = state["model"]["blocks.0.attn.qkv.weight"]
+    assert (after - before).abs().mean() < 0.1 * before.abs().mean()  # started from the pretrained body
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    settings = dict(model="deit_pico_patch4_32", epochs=3, train_subset=256, lr=5e-3)
+    run(out, **settings, stop_after_epochs=1)
+    before = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("last.pth", "metrics.csv")}
+    from deit.losses import DistillationLoss, LossTerms
+
+    original = DistillationLoss.compute
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        return LossTerms(terms.total * float("nan"), terms.base, terms.distillation)
+
+    monkeypatch.setattr(DistillationLoss, "compute", poisoned)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1"):
+        run(out, **settings, resume=True)
+    after = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("last.pth", "metrics.csv")}
+    assert before == after
+
+
+def test_config_file_plus_overrides_round_trip(tmp_path):
+    from deit.config import TrainConfig
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": "deit_nano_patch4_32", "epochs": 7, "lr": 1e-3, "scale": [0.5, 1.0]}))
+    config = load_config(path, {"epochs": 9, "amp": True})
+    assert (config.model, config.epochs, config.lr, config.scale, config.amp) == ("deit_nano_patch4_32", 9, 1e-3,
+                                                                                  (0.5, 1.0), True)
+    config.save(tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+    assert TrainConfig() == load_config(None)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"mixup_prob": 1.5}, "mixup_prob"),
+    ({"distillation_type": "hard"}, "needs a teacher"), ({"distillation_type": "warm"}, "distillation_type"),
+    ({"learning_rate": 0.1}, "unknown setting.*learning_rate"), ({"epochs": 2, "warmup_epochs": 5}, "warmup_epochs"),
+    ({"amp": "yes"}, "amp"),
+])
+def test_invalid_settings_are_named(settings, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, settings)
+
+
+def test_new_run_refuses_to_overwrite_an_existing_one(tmp_path):
+    out = tmp_path / "run"
+    run(out, model="deit_pico_patch4_32", epochs=2, train_subset=128, stop_after_epochs=1)
+    with pytest.raises(ValueError, match="already holds a run"):
+        run(out, model="deit_pico_patch4_32", epochs=2, train_subset=128)
+    with pytest.raises(ValueError, match="changed model configuration.*model"):
+        run(out, model="deit_nano_patch4_32", epochs=2, train_subset=128, resume=True)
+
+
+@pytest.mark.slow
+def test_eval_and_predict_commands(digits_teacher, tmp_path, capsys):
+    from PIL import Image
+
+    from deit.cli import main
+    from deit.data import load_dataset
+
+    assert main(["eval", "--checkpoint", str(digits_teacher), "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" in out
+    assert (tmp_path / "best-confusion_matrix.png").stat().st_size > 1000
+    val = load_dataset("digits", "val")
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(val.images[i]).save(path)
+        paths.append(str(path))
+    assert main(["predict", "--checkpoint", str(digits_teacher), "--json", *paths]) == 0
+    import json
+
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 6 and all(len(r["top"]) == 5 for r in results)
+    hits = sum(r["top"][0]["class"] == str(int(val.targets[i])) for i, r in enumerate(results))
+    assert hits >= 5
