@@ -297,3 +297,21 @@ def test_eval_and_predict_commands(digits_teacher, tmp_path, capsys):
     assert len(results) == 6 and all(len(r["top"]) == 5 for r in results)
     hits = sum(r["top"][0]["class"] == str(int(val.targets[i])) for i, r in enumerate(results))
     assert hits >= 5
+
+
+def test_gradient_accumulation_counts_updates_and_scales_the_lr(tmp_path):
+    result = run(tmp_path / "accum", model="deit_pico_patch4_32", epochs=2, train_subset=256, batch_size=32,
+                 accum_steps=2, lr=5e-3, stop_after_epochs=1)
+    state = torch.load(tmp_path / "accum" / "last.pth", weights_only=True)
+    assert state["num_updates"] == (256 // 32) // 2  # 8 micro-batches -> 4 updates
+    assert result.final["train_loss"] > 0
+    # lr scaled to the effective batch 32 x 2 = 64: 5e-3 * 64 / 512 at the warm-up's end
+    assert state["scheduler"]["base_values"][0] == pytest.approx(5e-3 * 64 / 512)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    result = run(tmp_path / "amp", model="deit_pico_distilled_patch4_32", epochs=2, train_subset=128, amp=True,
+                 stop_after_epochs=1)
+    assert torch.isfinite(torch.tensor(result.final["train_loss"]))
+    state = torch.load(tmp_path / "amp" / "last.pth", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())

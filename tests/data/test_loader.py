@@ -106,7 +106,7 @@ def test_worker_loader_is_reproducible_from_global_seed(digits_train):
     def first_batch():
         torch.manual_seed(7)
         loader = build_loader(digits_train, batch_size=32, is_train=True, num_workers=1)
-        assert loader.persistent_workers
+        assert not loader.persistent_workers  # fresh workers per epoch: seeded from the (checkpointed) global RNG
         loader.sampler.set_epoch(2)
         return next(iter(loader))
 
