@@ -22,7 +22,6 @@ from torch import nn
 
 from deit import distributed
 from deit.checkpoint import (
-    CheckpointError,
     capture_rng_state,
     load_pretrained,
     load_training_checkpoint,
@@ -31,7 +30,7 @@ from deit.checkpoint import (
     save_training_checkpoint,
 )
 from deit.config import TrainConfig
-from deit.engine import Amp, evaluate, train_one_epoch, unwrap
+from deit.engine import Amp, evaluate, train_one_epoch
 from deit.losses import DistillationLoss, build_base_criterion
 from deit.models.deit import DeiT
 from deit.models.registry import create_model, model_family
@@ -301,7 +300,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
                 save_training_checkpoint(output / "best.pth", payload)
             val_text = f"val top-1 {metrics['val_acc1']:.2f}% (best {best_acc1:.2f}%)" if evaluated else "not evaluated"
             logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch,
-                        metrics["train_loss"], val_text, metrics["train_images_per_s"], time.perf_counter() - start_time)
+                        metrics["train_loss"], val_text, metrics["train_images_per_s"],
+                        time.perf_counter() - start_time)
         distributed.barrier()
 
     wall = time.perf_counter() - start_time
@@ -332,4 +332,4 @@ def _gather_rng_states(env: distributed.DistEnv):
     return states
 
 
-__all__ = ["train", "TrainResult", "CheckpointError"]
+__all__ = ["train", "TrainResult", "TrainConfig"]

@@ -268,7 +268,8 @@ def test_truncated_safetensors_and_missing_file(tmp_path):
 
 def test_checkpoint_of_another_architecture_lists_the_mismatch(tmp_path):
     save_model(create_model("deit_nano_patch4_32"), tmp_path / "nano.pth")
-    with pytest.raises(CheckpointError, match=r"holds deit_nano_patch4_32.*does not fit.*deit_pico_patch4_32.*shape mismatch"):
+    expected = r"holds deit_nano_patch4_32.*does not fit.*deit_pico_patch4_32.*shape mismatch"
+    with pytest.raises(CheckpointError, match=expected):
         load_pretrained(create_model("deit_pico_patch4_32"), tmp_path / "nano.pth")
 
 

@@ -16,7 +16,8 @@ def _fashion_available() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not _fashion_available(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_demo_pipeline_on_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     tiny = demo.Schedule("tiny (test)", 512, 1, 1, dict(demo.LIGHT, warmup_epochs=0, eval_interval=1000))
     monkeypatch.setattr(demo, "QUICK", tiny)
