@@ -114,20 +114,20 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     """Datasets, loaders and the data settings that a checkpoint records for prediction."""
     from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
 
-    probe = load_dataset(config.dataset, "train", config.data_dir)
-    channels = config.in_channels or probe.channels
-    image_size = config.image_size or probe.native_size
+    train_set = load_dataset(config.dataset, "train", config.data_dir)  # decoded once; transform set below
+    channels = config.in_channels or train_set.channels
+    image_size = config.image_size or train_set.native_size
     if image_size is None:  # ImageFolder: the model's own size
         with torch.device("meta"):
             image_size = getattr(create_model(config.model), "image_size", 224)
-    mean, std = dataset_mean_std(config.dataset, probe)
+    mean, std = dataset_mean_std(config.dataset, train_set)
     mean, std = stats_for_channels(mean, channels), stats_for_channels(std, channels)
-    hflip = config.hflip if config.hflip is not None else (0.5 if getattr(probe, "hflip_ok", True) else 0.0)
+    hflip = config.hflip if config.hflip is not None else (0.5 if getattr(train_set, "hflip_ok", True) else 0.0)
     common = dict(image_size=image_size, in_channels=channels, mean=mean, std=std)
     train_tf = build_transform(is_train=True, auto_augment=config.auto_augment, color_jitter=config.color_jitter,
                                reprob=config.reprob, hflip=hflip, scale=tuple(config.scale), **common)
     eval_tf = build_transform(is_train=False, **common)
-    train_set = load_dataset(config.dataset, "train", config.data_dir, transform=train_tf)
+    train_set.transform = train_tf
     val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf)
     classes = list(train_set.classes)
     if config.train_subset is not None and config.train_subset < len(train_set):
