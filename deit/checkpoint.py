@@ -297,6 +297,7 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the file's whole content
 
 
 def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *,
@@ -350,7 +351,7 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_head_reset: bool = True,
                     expected: str | None = None, hint: str = "") -> LoadReport:
-    """Load weights from any supported checkpoint into ``model`` (in place).
+    """Load weights from any supported checkpoint file into ``model`` (in place).
 
     Args:
         allow_head_reset: when the checkpoint's classifier has another number of classes,
@@ -360,14 +361,23 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_head_res
     Raises:
         CheckpointError: unreadable file, or weights that do not fit the model.
     """
-    path = Path(path)
     expected = expected or getattr(model, "model_name", type(model).__name__)
     try:
         obj, metadata = read_checkpoint(path)
     except CheckpointError as err:
         raise type(err)(f"{err} (needed for {expected}).{hint}") from None
+    return load_checkpoint_object(model, obj, metadata, path, allow_head_reset=allow_head_reset,
+                                  expected=expected, hint=hint)
+
+
+def load_checkpoint_object(model: nn.Module, obj: Mapping[str, Any], metadata: Mapping[str, str],
+                           path: str | os.PathLike, *, allow_head_reset: bool = True, expected: str | None = None,
+                           hint: str = "") -> LoadReport:
+    """:func:`load_pretrained` for a checkpoint already read by :func:`read_checkpoint`."""
+    path = Path(path)
+    expected = expected or getattr(model, "model_name", type(model).__name__)
     state_dict, info = extract_state_dict(obj, metadata, source=str(path))
-    report = LoadReport(path=str(path), info=info)
+    report = LoadReport(path=str(path), info=info, checkpoint=obj)
     try:
         sd, keep = adapt_state_dict(state_dict, model, allow_head_reset=allow_head_reset, notes=report.notes)
     except CheckpointError as err:
@@ -497,7 +507,7 @@ def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
     config.update(overrides)
     config.pop("teacher_model_name", None)  # a teacher is never part of a weights file
     model = create_model(model_name, **config)
-    report = load_pretrained(model, path)
+    report = load_checkpoint_object(model, obj, metadata, path)  # the file is read once
     return model, report
 
 

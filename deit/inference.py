@@ -15,14 +15,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from deit.checkpoint import CheckpointError, build_from_checkpoint, read_checkpoint
+from deit.checkpoint import CheckpointError, build_from_checkpoint
 
 
 def load_for_inference(path: str | os.PathLike, *, model_name: str | None = None, use_ema: bool = False
                        ) -> tuple[nn.Module, dict[str, Any]]:
     """Model in eval mode (no teacher) and the checkpoint's metadata (classes, data_config)."""
-    model, _ = build_from_checkpoint(path, model_name)
-    obj, _ = read_checkpoint(path)
+    model, report = build_from_checkpoint(path, model_name)
+    obj = report.checkpoint
     if use_ema:
         if obj.get("ema") is None:
             raise CheckpointError(f"{path} holds no EMA weights (trained with --no-model-ema?)")
@@ -88,7 +88,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
 def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = None, dataset: str | None = None,
                         data_dir: str | None = None, use_ema: bool = False, batch_size: int = 256,
                         output: str | os.PathLike | None = None) -> EvalReport:
-    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
+    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
     from deit.engine import evaluate
     from deit.models.deit import DeiT
 
@@ -102,8 +102,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     if data_config.get("mean"):
         mean, std = data_config["mean"], data_config["std"]
     else:
-        from deit.train import stats_for_channels
-
         mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir))
         mean, std = stats_for_channels(mean, in_channels), stats_for_channels(std, in_channels)
     transform = build_transform(is_train=False, image_size=image_size, in_channels=in_channels, mean=mean, std=std)

@@ -99,20 +99,9 @@ def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
                          "); start a new run with another --output instead")
 
 
-def stats_for_channels(values, channels: int) -> tuple[float, ...]:
-    """Normalisation statistics for ``channels``: grey stats replicated for RGB input, RGB
-    stats averaged for grey input."""
-    values = tuple(float(v) for v in values)
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    return (sum(values) / len(values),) * channels
-
-
 def build_data(config: TrainConfig, env: distributed.DistEnv):
     """Datasets, loaders and the data settings that a checkpoint records for prediction."""
-    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
+    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
 
     train_set = load_dataset(config.dataset, "train", config.data_dir)  # decoded once; transform set below
     channels = config.in_channels or train_set.channels

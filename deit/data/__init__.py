@@ -14,11 +14,11 @@ from deit.data.datasets import (
 )
 from deit.data.loader import build_loader, build_sampler
 from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
-from deit.data.transforms import build_transform, load_image
+from deit.data.transforms import build_transform, load_image, stats_for_channels
 
 __all__ = [
     "BUILTIN_DATASETS", "DATASET_INFO", "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo",
     "DatasetNotFoundError", "FolderDataset", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx",
-    "build_transform", "load_image", "build_loader", "build_sampler", "SeededRepeatAugSampler",
+    "build_transform", "load_image", "stats_for_channels", "build_loader", "build_sampler", "SeededRepeatAugSampler",
     "ShardSampler",
 ]

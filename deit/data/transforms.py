@@ -91,6 +91,17 @@ def _check_unit(name: str, value: float) -> None:
         raise ValueError(f"{name}={value!r} is invalid; expected a probability in [0, 1]")
 
 
+def stats_for_channels(values, channels: int) -> tuple[float, ...]:
+    """Normalisation statistics for ``channels``: grey stats replicated for RGB input, RGB
+    stats averaged for grey input."""
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    return (sum(values) / len(values),) * channels
+
+
 def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: Sequence[float],
                     std: Sequence[float], auto_augment: str | None = "rand-m9-mstd0.5-inc1",
                     color_jitter: float | None = 0.3, reprob: float = 0.25, remode: str = "pixel",

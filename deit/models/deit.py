@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from deit._validation import check_choice
-from deit.models.vit import ViT, _init_linear_and_norm
+from deit.models.vit import ViT
 
 RETURN_LOGITS_TYPES = ("classification", "distillation", "fusion")
 
@@ -115,13 +115,11 @@ class DeiT(ViT):
     def get_classifier(self) -> tuple[nn.Module, nn.Module]:
         return self.head, self.head_dist
 
-    def reset_classifier(self, num_classes: int) -> None:
-        super().reset_classifier(num_classes)
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        for head in (self.head, self.head_dist):
-            head.apply(_init_linear_and_norm)
-            self._to_model_device(head)
+    def _classifier_names(self) -> tuple[str, ...]:
+        return ("head", "head_dist")
+
+    def _head_in_features(self) -> int:
+        return self.embed_dim  # linear heads (classifier_mlp_d is ignored)
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N+2, D) -> ``(cls_logits, dist_logits)`` whatever the mode (for evaluation

@@ -185,10 +185,17 @@ class ViT(nn.Module):
         check_non_negative_int("num_classes", num_classes)
         self.num_classes = num_classes
         self.config["num_classes"] = num_classes
-        head_in = self.config["classifier_mlp_d"] or self.embed_dim
-        self.head = nn.Linear(head_in, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_linear_and_norm)
-        self._to_model_device(self.head)
+        for name in self._classifier_names():
+            head = nn.Linear(self._head_in_features(), num_classes) if num_classes > 0 else nn.Identity()
+            head.apply(_init_linear_and_norm)
+            self._to_model_device(head)
+            setattr(self, name, head)
+
+    def _classifier_names(self) -> tuple[str, ...]:
+        return ("head",)
+
+    def _head_in_features(self) -> int:
+        return self.config["classifier_mlp_d"] or self.embed_dim
 
     def _to_model_device(self, module: nn.Module) -> None:
         ref = self.pos_embed
