@@ -1,7 +1,7 @@
 """The ``deit`` command line: one entry point for every task of the library.
 
 ``demo`` (the README's main job), ``train`` (also under torchrun), ``eval``, ``predict``,
-``list-models``, ``info`` and ``convert``.
+``benchmark``, ``list-models``, ``info`` and ``convert``.
 """
 from __future__ import annotations
 
@@ -166,6 +166,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from deit.benchmark import BenchmarkConfig, run_benchmark, write_json
+
+    def names(text: str | None) -> tuple[str, ...] | None:
+        return tuple(t for t in text.split(",") if t) if text else None
+
+    cfg = BenchmarkConfig(inference_batch=args.batch_size, train_batch=args.train_batch_size,
+                          modes=names(args.modes), tasks=names(args.tasks) or ("inference", "train"),
+                          peers=names(args.peers) or ("timm", "hf"), repeats=args.repeats, warmup=args.warmup,
+                          device=args.device, threads=args.threads,
+                          runtimes=("deit",) if args.deit_runtime_only else ("default", "deit"))
+    if args.model:
+        cfg.inference_model = args.model
+    if args.train_model:
+        cfg.train_model = args.train_model
+    if args.teacher:
+        cfg.teacher = args.teacher
+    cfg.validate()
+    report = run_benchmark(cfg, log=lambda line: print(line, flush=True))
+    print(report.format_table())
+    out = Path(args.json or Path("benchmarks") / "results" / f"benchmark-{datetime.now():%Y%m%d-%H%M%S}.json")
+    print(f"JSON: {write_json(report, out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers (DeiT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log checkpoint adaptations and progress")
@@ -211,6 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("benchmark", help="speed, memory and MFU of our models against timm and HF transformers "
+                                         "with the same weights, in one process",
+                       description="Inference and distillation-training-step throughput of our models, timm's and "
+                                   "HF transformers' with identical weights, interleaved in one process; GEMM peak "
+                                   "and MFU measured in the same run; ratios printed and written as JSON.")
+    p.add_argument("--model", help="inference model (default deit_small_distilled_patch16_224)")
+    p.add_argument("--train-model", help="distilled student of the training step (default "
+                                         "deit_tiny_distilled_patch16_224)")
+    p.add_argument("--teacher", help="teacher of the training step (default convnext_atto)")
+    p.add_argument("--batch-size", type=int, default=32, help="inference batch")
+    p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument("--modes", help="comma-separated: fp32,bf16 (CPU); fp16,compile too on CUDA (default: all "
+                                   "of the device's)")
+    p.add_argument("--tasks", help="comma-separated: inference,train (default both)")
+    p.add_argument("--peers", help="comma-separated: timm,hf (default both)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per implementation (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--deit-runtime-only", action="store_true",
+                   help="skip the measurements in the process's default allocator settings")
+    p.add_argument("--json", help="where to write the JSON (default benchmarks/results/benchmark-<time>.json)")
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("list-models", help="list registered model names")
     p.add_argument("pattern", nargs="?", help="substring or glob, e.g. 'distilled' or 'deit_*_224'")
     p.add_argument("--params", action="store_true", help="also print parameter counts")
@@ -236,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chatty = args.verbose or args.command in ("train", "demo")
     logging.basicConfig(level=logging.INFO if chatty else logging.WARNING, format="%(message)s")
+    if args.command in ("train", "demo", "eval", "predict"):
+        from deit.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # the benchmark applies it itself, after measuring without it
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileNotFoundError, NonFiniteLossError) as err:

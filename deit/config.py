@@ -66,6 +66,7 @@ class TrainConfig:
     # --- numerics ------------------------------------------------------------------------
     amp: bool = False  # bf16 autocast on CPU; bf16 / fp16 (+ grad scaler) on CUDA
     amp_dtype: str = "bfloat16"
+    compile: bool = False  # torch.compile the student (pays off on CUDA; CPU compile takes ~1 min)
     model_ema: bool = True
     model_ema_decay: float = 0.99996
     # --- run -----------------------------------------------------------------------------

@@ -121,7 +121,10 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     classes = list(train_set.classes)
     if config.train_subset is not None and config.train_subset < len(train_set):
         train_set = torch.utils.data.Subset(train_set, range(config.train_subset))
-    loader_args = dict(num_workers=config.num_workers, world_size=env.world_size, rank=env.rank, seed=config.seed)
+    # pinned host memory lets the engine's non_blocking copies overlap with GPU compute
+    pin = config.device != "cpu" and torch.cuda.is_available()
+    loader_args = dict(num_workers=config.num_workers, world_size=env.world_size, rank=env.rank, seed=config.seed,
+                       pin_memory=pin)
     train_loader = build_loader(train_set, batch_size=config.batch_size, is_train=True,
                                 repeated_aug=config.repeated_aug, **loader_args)
     val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
@@ -195,6 +198,9 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     net: nn.Module = model
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if config.compile:
+        net = torch.compile(net)  # the teacher runs eagerly inside (inference mode, not a submodule)
 
     effective_batch = config.batch_size * config.accum_steps * env.world_size
     lr = config.lr * effective_batch / 512

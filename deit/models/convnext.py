@@ -18,8 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit._validation import check_non_negative_int, check_positive_int, check_probability
+from deit._validation import (
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+)
 from deit.models.layers import DropPath, linear_drop_path_rates
+from deit.models.precision import cpu_bf16_emulated
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -174,6 +179,7 @@ class ConvNeXt(nn.Module):
         self.head.fc.apply(self._init_weights)
         self.head.fc.to(device=ref.device, dtype=ref.dtype)
 
+    @cpu_bf16_emulated
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> feature map (B, C_last, H/(s*8), W/(s*8))."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -185,6 +191,7 @@ class ConvNeXt(nn.Module):
                              f"{self.min_input_size()} px; use a *_32 variant (stem_stride=2) for small images")
         return self.stages(self.stem(x))
 
+    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 

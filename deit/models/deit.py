@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from deit._validation import check_choice
+from deit.models.precision import cpu_bf16_emulated
 from deit.models.vit import ViT
 
 RETURN_LOGITS_TYPES = ("classification", "distillation", "fusion")
@@ -121,6 +122,7 @@ class DeiT(ViT):
     def _head_in_features(self) -> int:
         return self.embed_dim  # linear heads (classifier_mlp_d is ignored)
 
+    @cpu_bf16_emulated
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N+2, D) -> ``(cls_logits, dist_logits)`` whatever the mode (for evaluation
         of each head and of their fusion in one pass)."""
@@ -128,6 +130,7 @@ class DeiT(ViT):
         dist_logits = self.head_dist(self.head_drop(x[:, 1]))  # (B, K)
         return cls_logits, dist_logits
 
+    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens (B, N+2, D) -> logits.
 
@@ -187,7 +190,9 @@ class DeiT(ViT):
         ``$DEIT_CHECKPOINT_DIR``. A missing or mismatching file raises
         :class:`deit.checkpoint.CheckpointError` naming the path(s) tried.
         """
-        from deit.models.teacher import load_teacher  # local import: teacher -> registry -> deit
+        from deit.models.teacher import (
+            load_teacher,  # local import: teacher -> registry -> deit
+        )
 
         if not isinstance(self.teacher_model_name, str):
             raise ValueError("loadTeacherModel() needs teacher_model_name to be a model name; "

@@ -24,6 +24,7 @@ from deit._validation import (
     check_probability,
 )
 from deit.models.layers import Block, PatchEmbed, linear_drop_path_rates
+from deit.models.precision import cpu_bf16_emulated
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
@@ -210,6 +211,7 @@ class ViT(nn.Module):
         x = torch.cat([prefix.expand(B, -1, -1), x], dim=1)  # (B, P+N, D)
         return self.pos_drop(x)
 
+    @cpu_bf16_emulated
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, P+N, D)."""
         x = self.patch_embed(x)  # (B, N, D)
@@ -217,6 +219,7 @@ class ViT(nn.Module):
         x = self.blocks(x)  # (B, P+N, D)
         return self.norm(x)  # (B, P+N, D)
 
+    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, P+N, D) -> logits (B, num_classes) from the class token."""
         x = self.pre_logits(self.head_drop(x[:, 0]))  # (B, D) or (B, classifier_mlp_d)

@@ -1,0 +1,565 @@
+"""``deit benchmark``: our models against timm and HF transformers, in one process (issue 4).
+
+Every implementation gets the *same weights* (HF's random init, converted into ours by
+:func:`deit.checkpoint.adapt_state_dict`, then ours into timm — their outputs are checked
+equal before anything is timed), the same inputs, the same thread count and the same
+precision mode. Timed repeats are interleaved (ours, timm, HF, ours, …) so that a noisy
+neighbour on the machine slows every implementation alike; figures are reported as medians
+with their spread and as ratios ours ÷ peer.
+
+Measured in the same run:
+
+* the machine's GEMM peak (a large square ``torch.mm``) in fp32 and bf16, so that model
+  throughput can be expressed as MFU = FLOPs/image × images/s ÷ peak;
+* model FLOPs per image from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+  convolutions and attention; multiply-add = 2 FLOPs);
+* peak memory: on CUDA ``max_memory_allocated``; on CPU the peak rise of the process's
+  resident set above its level before the call, sampled every millisecond in a separate,
+  untimed call (freed heap is returned to the OS with ``malloc_trim`` first).
+
+The training step of ours is the product's: DeiT⚗ student + frozen ConvNeXt teacher
+(channels-last, inference mode) + :class:`deit.losses.DistillationLoss` + our AdamW. The
+peer is timm's model in distilled-training mode + an identical teacher as the official
+code runs it (``torch.no_grad``, default memory format) + a plain re-statement of the
+official ``DistillationLoss`` + timm's ``create_optimizer_v2("adamw")``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deit.checkpoint import adapt_state_dict
+from deit.losses import DistillationLoss
+from deit.models.registry import create_model
+from deit.optim import build_optimizer
+
+DEFAULT_INFERENCE_MODEL = "deit_small_distilled_patch16_224"
+DEFAULT_TRAIN_MODEL = "deit_tiny_distilled_patch16_224"
+DEFAULT_TEACHER = "convnext_atto"
+
+
+# --- timing and memory primitives ---------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def _malloc_trim() -> None:
+    """Give freed heap back to the OS so that the next RSS baseline is honest (glibc only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory of one call of ``fn`` above what was in use before it (see module doc)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not Path("/proc/self/statm").exists():
+        return None
+    _malloc_trim()
+    baseline = _rss_bytes()
+    peak, done = baseline, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    peak = max(peak, _rss_bytes())
+    return peak - baseline
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (torch's flop counter: matmul, conv, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def gemm_peak_flops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's achievable matmul rate: median FLOP/s of a ``size``² @ ``size``² product.
+
+    A dtype without fast kernels here (bf16 on a CPU without AVX512-BF16/AMX runs a scalar
+    fallback at well under 1 GFLOP/s) is measured at 512² instead, to keep the run short."""
+    def rate(n: int, reps: int) -> float:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        torch.mm(a, b, out=out)
+        times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(reps)]
+        return 2 * n ** 3 / statistics.median(times)
+
+    probe = rate(512, 1)
+    if probe < 10e9:
+        return max(probe, rate(512, 2))
+    rate(size, 1)  # warm-up
+    return rate(size, repeats)
+
+
+# --- records -----------------------------------------------------------------------------
+
+@dataclass
+class Measurement:
+    """One implementation in one mode: images/s over the timed repeats."""
+
+    task: str  # inference | train
+    mode: str  # fp32 | bf16 | fp16 | compile
+    impl: str  # ours | timm | hf
+    runtime: str  # default (the process as started) | deit (after deit.runtime.tune_cpu_allocator)
+    model: str
+    batch_size: int
+    times_s: list[float]
+    flops_per_image: float | None = None
+    peak_memory_mb: float | None = None
+    peak_flops: float | None = None  # the GEMM peak of the mode's dtype, for MFU
+    max_abs_diff_vs_ours: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / statistics.median(self.times_s)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """(slowest, fastest) images/s over the repeats."""
+        return self.batch_size / max(self.times_s), self.batch_size / min(self.times_s)
+
+    @property
+    def mfu(self) -> float | None:
+        if not self.flops_per_image or not self.peak_flops:
+            return None
+        return self.flops_per_image * self.images_per_s / self.peak_flops
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(images_per_s=self.images_per_s, images_per_s_spread=list(self.spread), mfu=self.mfu)
+        return data
+
+
+@dataclass
+class BenchmarkReport:
+    environment: dict[str, Any]
+    gemm_peak_flops: dict[str, float]
+    measurements: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def find(self, task: str, mode: str, impl: str, runtime: str) -> Measurement | None:
+        for m in self.measurements:
+            if (m.task, m.mode, m.impl, m.runtime) == (task, mode, impl, runtime):
+                return m
+        return None
+
+    def ratio(self, task: str, mode: str, peer: str, runtime: str, peer_runtime: str | None = None) -> float | None:
+        """images/s of ours ÷ the peer's; both in ``runtime`` unless ``peer_runtime`` is given."""
+        ours, other = self.find(task, mode, "ours", runtime), self.find(task, mode, peer, peer_runtime or runtime)
+        if ours is None or other is None:
+            return None
+        return ours.images_per_s / other.images_per_s
+
+    def ratios(self) -> dict[str, float]:
+        """``task/mode/runtime/ours_over_peer`` (same process settings for both) and
+        ``task/mode/as_shipped/ours_over_peer``: ours with deit's runtime settings against
+        the peer in the process as started (what a user of each gets out of the box)."""
+        out = {}
+        for m in self.measurements:
+            if m.impl == "ours":
+                continue
+            value = self.ratio(m.task, m.mode, m.impl, m.runtime)
+            if value is not None:
+                out[f"{m.task}/{m.mode}/{m.runtime}/ours_over_{m.impl}"] = value
+            if m.runtime == "default":
+                shipped = self.ratio(m.task, m.mode, m.impl, "deit", "default")
+                if shipped is not None:
+                    out[f"{m.task}/{m.mode}/as_shipped/ours_over_{m.impl}"] = shipped
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(environment=self.environment, gemm_peak_flops=self.gemm_peak_flops,
+                    measurements=[m.to_dict() for m in self.measurements], ratios=self.ratios(),
+                    skipped=self.skipped)
+
+    def format_table(self) -> str:
+        peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in self.gemm_peak_flops.items())
+        lines = [f"GEMM peak (measured now): {peaks}; {self.environment['threads']} threads, "
+                 f"{self.environment['device']}",
+                 "| task | mode | runtime | impl | model | batch | images/s (median) | spread (min–max) | "
+                 "ours ÷ this | GFLOPs/img | MFU | peak mem MB | max |Δ| vs ours |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m in self.measurements:
+            ratio = "" if m.impl == "ours" else f"{self.ratio(m.task, m.mode, m.impl, m.runtime):.2f}"
+            low, high = m.spread
+            lines.append(
+                f"| {m.task} | {m.mode} | {m.runtime} | {m.impl} | {m.model} | {m.batch_size} | "
+                f"{m.images_per_s:.1f} | "
+                f"{low:.1f}–{high:.1f} | {ratio} | "
+                f"{'' if m.flops_per_image is None else f'{m.flops_per_image / 1e9:.2f}'} | "
+                f"{'' if m.mfu is None else f'{m.mfu:.2f}'} | "
+                f"{'' if m.peak_memory_mb is None else f'{m.peak_memory_mb:.0f}'} | "
+                f"{'' if m.max_abs_diff_vs_ours is None else f'{m.max_abs_diff_vs_ours:.1e}'} |")
+        shipped = {k: v for k, v in self.ratios().items() if "/as_shipped/" in k}
+        if shipped:
+            lines.append("as shipped (ours with deit's runtime settings ÷ peer in a default process): "
+                         + ", ".join(f"{k.replace('/as_shipped/ours_over_', ' vs ')} ×{v:.2f}"
+                                     for k, v in shipped.items()))
+        for note in self.skipped:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+
+# --- the implementations, with one set of weights --------------------------------------------
+
+def build_hf_deit(ours: nn.Module) -> nn.Module:
+    """HF transformers' ``DeiTForImageClassificationWithTeacher`` shaped like ``ours``."""
+    import transformers
+
+    cfg = transformers.DeiTConfig(
+        hidden_size=ours.embed_dim, num_hidden_layers=len(ours.blocks), num_attention_heads=ours.blocks[0].attn.num_heads,
+        intermediate_size=ours.blocks[0].mlp.fc1.out_features, image_size=ours.image_size,
+        patch_size=ours.patch_embed.patch_size, num_channels=ours.in_channels, num_labels=ours.num_classes,
+        layer_norm_eps=ours.norm.eps, hidden_act="gelu")
+    return transformers.DeiTForImageClassificationWithTeacher(cfg)
+
+
+def timm_equivalent(ours: nn.Module) -> nn.Module:
+    """timm's ``VisionTransformer`` / ``VisionTransformerDistilled`` with our model's shape
+    (the classes behind timm's ``deit_*`` names; also covers our small-image variants)."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    cls = VisionTransformerDistilled if getattr(ours, "num_prefix_tokens", 1) == 2 else VisionTransformer
+    block = ours.blocks[0]
+    return cls(img_size=ours.image_size, patch_size=ours.patch_embed.patch_size, in_chans=ours.in_channels,
+               num_classes=ours.num_classes, embed_dim=ours.embed_dim, depth=len(ours.blocks),
+               num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / ours.embed_dim)
+
+
+def same_weights(model_name: str, *, with_hf: bool) -> tuple[dict[str, nn.Module], list[str]]:
+    """``{"ours", "timm", "hf"}`` models holding identical weights (HF's init converted)."""
+    skipped: list[str] = []
+    ours = create_model(model_name)
+    impls: dict[str, nn.Module] = {"ours": ours}
+    if with_hf and getattr(ours, "num_prefix_tokens", 1) == 2:
+        hf = build_hf_deit(ours)
+        sd, keep = adapt_state_dict(hf.state_dict(), ours)
+        assert not keep, f"HF weights left {keep} at init"
+        ours.load_state_dict(sd, strict=True)
+        impls["hf"] = hf
+    elif with_hf:
+        skipped.append(f"HF transformers: {model_name} has no distillation token; HF's DeiT classes always "
+                       "carry one (use a *_distilled_* model to compare with HF)")
+    peer = timm_equivalent(ours)
+    peer.load_state_dict(ours.state_dict(), strict=True)
+    impls["timm"] = peer
+    return impls, skipped
+
+
+def _logits(impl: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if impl == "hf":
+        return model(pixel_values=x).logits
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _autocast(mode: str, device: torch.device):
+    if mode in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+@dataclass
+class BenchmarkConfig:
+    inference_model: str = DEFAULT_INFERENCE_MODEL
+    train_model: str = DEFAULT_TRAIN_MODEL
+    teacher: str = DEFAULT_TEACHER
+    inference_batch: int = 32
+    train_batch: int = 32
+    slow_bf16_batch: int = 1  # batch for bf16 modes where PyTorch has no bf16 kernels (the peers crawl)
+    modes: tuple[str, ...] | None = None  # None: fp32 + bf16 on CPU; + fp16 and compile on CUDA
+    tasks: tuple[str, ...] = ("inference", "train")
+    peers: tuple[str, ...] = ("timm", "hf")
+    runtimes: tuple[str, ...] = ("default", "deit")  # before / after deit.runtime.tune_cpu_allocator
+    warmup: int = 1
+    repeats: int = 5
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> "BenchmarkConfig":
+        """Raise ``ValueError`` naming the first invalid setting."""
+        for name in ("inference_batch", "train_batch", "slow_bf16_batch", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"benchmark {name}={value!r} is invalid; expected an integer >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"benchmark warmup={self.warmup!r} is invalid; expected an integer >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"benchmark threads={self.threads!r} is invalid; expected an integer >= 1")
+        for name, allowed in (("tasks", ("inference", "train")), ("peers", ("timm", "hf")),
+                              ("runtimes", ("default", "deit")), ("modes", ("fp32", "bf16", "fp16", "compile"))):
+            bad = [v for v in getattr(self, name) or () if v not in allowed]
+            if bad:
+                raise ValueError(f"benchmark {name} has {', '.join(map(repr, bad))}; expected a subset of "
+                                 f"{', '.join(allowed)}")
+        return self
+
+
+def default_modes(device: torch.device) -> tuple[str, ...]:
+    return ("fp32", "bf16", "fp16", "compile") if device.type == "cuda" else ("fp32", "bf16")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    from deit.models.precision import native_cpu_bf16
+
+    env = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+               python=platform.python_version(), machine=platform.machine(), processor=platform.processor(),
+               cpu_count=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+               native_cpu_bf16=native_cpu_bf16())
+    with contextlib.suppress(ImportError):
+        import transformers
+        env["transformers"] = transformers.__version__
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _interleaved_times(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+                       repeats: int) -> dict[str, list[float]]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_once(fn, device))
+    return times
+
+
+def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
+    return torch.compile(model) if mode == "compile" else model
+
+
+def _plain_flops(fn: Callable[[], Any], batch: int) -> float:
+    """FLOPs per image of the model's plain code (the no-grad fast path computes the same
+    function with in-place kernels the counter does not see)."""
+    from deit.models import layers
+
+    layers.Block.fast_inference = False
+    try:
+        return count_flops(fn) / batch
+    finally:
+        layers.Block.fast_inference = True
+
+
+class _Phase:
+    """One (task, mode, runtime) cell of the benchmark."""
+
+    def __init__(self, cfg: BenchmarkConfig, device: torch.device, mode: str, runtime: str,
+                 report: BenchmarkReport, flops: dict[tuple[str, str], float]) -> None:
+        from deit.models.precision import native_cpu_bf16
+
+        self.cfg, self.device, self.mode, self.runtime, self.report, self.flops = cfg, device, mode, runtime, report, flops
+        self.slow = mode == "bf16" and device.type == "cpu" and not native_cpu_bf16()
+        self.repeats = min(cfg.repeats, 3) if self.slow else cfg.repeats
+        self.peak = report.gemm_peak_flops.get({"bf16": "bf16", "fp16": "fp16"}.get(mode, "fp32"))
+
+    def batch(self, default: int) -> int:
+        return min(default, self.cfg.slow_bf16_batch) if self.slow else default
+
+    def record(self, task: str, model: str, batch: int, fns: dict[str, Callable[[], Any]],
+               diffs: dict[str, float] | None = None) -> None:
+        times = _interleaved_times(fns, self.device, self.cfg.warmup, self.repeats)
+        for impl, fn in fns.items():
+            key = (task, impl)
+            if key not in self.flops and self.mode == "fp32":
+                self.flops[key] = _plain_flops(fn, batch)
+            memory = peak_memory_bytes(fn, self.device)
+            self.report.measurements.append(Measurement(
+                task, self.mode, impl, self.runtime, model, batch, times[impl], flops_per_image=self.flops.get(key),
+                peak_memory_mb=None if memory is None else memory / 2 ** 20, peak_flops=self.peak,
+                max_abs_diff_vs_ours=(diffs or {}).get(impl)))
+
+
+def bench_inference(phase: _Phase) -> None:
+    cfg, device, mode = phase.cfg, phase.device, phase.mode
+    impls, skipped = same_weights(cfg.inference_model, with_hf="hf" in cfg.peers)
+    phase.report.skipped.extend(s for s in skipped if s not in phase.report.skipped)
+    impls = {k: v for k, v in impls.items() if k == "ours" or k in cfg.peers}
+    batch = phase.batch(cfg.inference_batch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ref = impls["ours"]
+    x = torch.randn(batch, ref.in_channels, ref.image_size, ref.image_size, generator=gen).to(device)
+    models = {k: _maybe_compile(v.to(device).eval(), mode) for k, v in impls.items()}
+
+    def runner(impl: str) -> Callable[[], torch.Tensor]:
+        model = models[impl]
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode(), _autocast(mode, device):
+                return _logits(impl, model, x)
+        return run
+
+    fns = {impl: runner(impl) for impl in models}
+    outputs = {impl: fn().float() for impl, fn in fns.items()}
+    diffs = {impl: (out - outputs["ours"]).abs().max().item() for impl, out in outputs.items() if impl != "ours"}
+    phase.record("inference", cfg.inference_model, batch, fns, diffs)
+
+
+class OfficialDistillationLoss(nn.Module):
+    """The official repository's ``DistillationLoss`` restated plainly (hard and soft), as
+    the peer's objective. Note the official soft term divides by ``numel`` and runs the
+    teacher under ``torch.no_grad`` in the default memory format."""
+
+    def __init__(self, base_criterion: nn.Module, teacher: nn.Module, distillation_type: str, alpha: float,
+                 tau: float) -> None:
+        super().__init__()
+        self.base_criterion, self.teacher = base_criterion, teacher
+        self.distillation_type, self.alpha, self.tau = distillation_type, alpha, tau
+
+    def forward(self, inputs: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor],
+                labels: torch.Tensor) -> torch.Tensor:
+        outputs, outputs_kd = outputs
+        base_loss = self.base_criterion(outputs, labels)
+        with torch.no_grad():
+            teacher_outputs = self.teacher(inputs)
+        if self.distillation_type == "soft":
+            T = self.tau
+            distillation_loss = F.kl_div(F.log_softmax(outputs_kd / T, dim=1), F.log_softmax(teacher_outputs / T, dim=1),
+                                         reduction="sum", log_target=True) * (T * T) / outputs_kd.numel()
+        else:
+            distillation_loss = F.cross_entropy(outputs_kd, teacher_outputs.argmax(dim=1))
+        return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
+
+
+def bench_train(phase: _Phase) -> None:
+    from timm.loss import LabelSmoothingCrossEntropy
+    from timm.optim import create_optimizer_v2
+
+    cfg, device, mode = phase.cfg, phase.device, phase.mode
+    impls, _ = same_weights(cfg.train_model, with_hf=False)
+    ours, peer = impls["ours"].to(device), impls["timm"].to(device)
+    if getattr(ours, "num_prefix_tokens", 1) != 2:
+        raise ValueError(f"the training benchmark needs a distilled model (*_distilled_*), got {cfg.train_model}")
+    teacher = create_model(cfg.teacher, num_classes=ours.num_classes, in_channels=ours.in_channels).eval()
+    peer_teacher = copy.deepcopy(teacher).to(device).requires_grad_(False)  # as the official code: NCHW, no_grad
+    ours.set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    peer.set_distilled_training(True)
+    criterion = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="hard")
+    peer_criterion = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), peer_teacher, "hard", 0.5, 3.0)
+    optimizer = build_optimizer(ours, lr=1e-4, weight_decay=0.05)
+    peer_optimizer = create_optimizer_v2(peer, "adamw", lr=1e-4, weight_decay=0.05)
+    ours_train, peer_train = _maybe_compile(ours.train(), mode), _maybe_compile(peer.train(), mode)
+    batch = phase.batch(cfg.train_batch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(batch, ours.in_channels, ours.image_size, ours.image_size, generator=gen).to(device)
+    y = torch.randint(0, ours.num_classes, (batch,), generator=gen).to(device)
+
+    def ours_step() -> None:
+        with _autocast(mode, device):
+            student, teacher_logits = ours_train(x)
+            loss = criterion(x, student, y, teacher_outputs=teacher_logits)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def peer_step() -> None:
+        with _autocast(mode, device):
+            loss = peer_criterion(x, peer_train(x), y)
+        loss.backward()
+        peer_optimizer.step()
+        peer_optimizer.zero_grad(set_to_none=True)
+
+    phase.record("train", f"{cfg.train_model} + {cfg.teacher} teacher", batch, {"ours": ours_step, "timm": peer_step})
+
+
+def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> BenchmarkReport:
+    """Run every (runtime, task, mode) cell; see the module docstring."""
+    from deit import distributed, runtime
+    from deit.train import resolve_device
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device, distributed.detect())
+    modes = cfg.modes or default_modes(device)
+    peaks = {"fp32": gemm_peak_flops(torch.float32, device), "bf16": gemm_peak_flops(torch.bfloat16, device)}
+    if device.type == "cuda":
+        peaks["fp16"] = gemm_peak_flops(torch.float16, device)
+    report = BenchmarkReport(environment(device), peaks)
+    log("GEMM peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    flops: dict[tuple[str, str], float] = {}
+    runtimes = list(cfg.runtimes)
+    if "default" in runtimes and runtime.cpu_allocator_tuned():
+        report.skipped.append("runtime 'default': the allocator was already tuned in this process")
+        runtimes.remove("default")
+    for name in runtimes:
+        if name == "deit" and not runtime.tune_cpu_allocator():
+            report.skipped.append("runtime 'deit': allocator tuning unavailable (not glibc, or DEIT_MALLOC_TUNING=0)")
+            continue
+        report.environment[f"runtime_{name}"] = "glibc mallopt tuned" if name == "deit" else "process as started"
+        # the default runtime is there to price the allocator settings: fp32 is enough
+        for mode in (("fp32",) if name == "default" and len(runtimes) > 1 else modes):
+            for task in cfg.tasks:
+                log(f"{task} {mode} ({name} runtime) ...")
+                phase = _Phase(cfg, device, mode, name, report, flops)
+                (bench_inference if task == "inference" else bench_train)(phase)
+    return report
+
+
+def write_json(report: BenchmarkReport, path: str | os.PathLike) -> Path:
+    from deit.checkpoint import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report.to_dict(), indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path

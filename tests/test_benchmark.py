@@ -1,0 +1,88 @@
+"""deit benchmark: same weights in every implementation, FLOPs/MFU/ratios consistent, JSON written.
+(Speed itself is measured by the benchmark command, never asserted in a test.)"""
+import json
+
+import pytest
+
+from deit.benchmark import BenchmarkConfig, OfficialDistillationLoss, run_benchmark, same_weights, write_json
+from deit.cli import main
+
+SMALL = dict(inference_model="deit_pico_distilled_patch4_32", train_model="deit_pico_distilled_patch4_32",
+             teacher="convnext_atto_32", inference_batch=4, train_batch=4, warmup=0, repeats=2)
+
+
+@pytest.fixture(scope="module")
+def report():
+    pytest.importorskip("transformers")
+    return run_benchmark(BenchmarkConfig(**SMALL, modes=("fp32",)), log=lambda _: None)
+
+
+def test_every_implementation_holds_the_same_weights(report):
+    inference = [m for m in report.measurements if m.task == "inference"]
+    assert {m.impl for m in inference} == {"ours", "timm", "hf"}
+    for m in inference:
+        if m.impl != "ours":
+            assert m.max_abs_diff_vs_ours < 1e-5, m
+
+
+def test_flops_mfu_and_ratios_are_consistent(report):
+    by = {(m.task, m.impl, m.runtime): m for m in report.measurements}
+    # "default" (the process as started) is skipped once something in this process tuned the allocator
+    tuned_before = any("already tuned" in note for note in report.skipped)
+    assert {r for _, _, r in by} == ({"deit"} if tuned_before else {"default", "deit"})
+    for task in ("inference", "train"):
+        flops = {m.flops_per_image for (t, _, _), m in by.items() if t == task}
+        assert len(flops) == 1 and flops.pop() > 0  # one model, one FLOP count, whatever the implementation
+    for m in report.measurements:
+        assert m.images_per_s > 0 and len(m.times_s) == 2
+        assert m.mfu == pytest.approx(m.flops_per_image * m.images_per_s / report.gemm_peak_flops["fp32"])
+    ratios = report.ratios()
+    ours, timm = by[("inference", "ours", "deit")], by[("inference", "timm", "deit")]
+    assert ratios["inference/fp32/deit/ours_over_timm"] == pytest.approx(ours.images_per_s / timm.images_per_s)
+    if not tuned_before:
+        shipped = ours.images_per_s / by[("inference", "timm", "default")].images_per_s
+        assert ratios["inference/fp32/as_shipped/ours_over_timm"] == pytest.approx(shipped)
+    assert report.gemm_peak_flops["fp32"] > 1e9
+
+
+def test_json_round_trip(report, tmp_path):
+    path = write_json(report, tmp_path / "out" / "bench.json")
+    data = json.loads(path.read_text())
+    assert data["ratios"] == pytest.approx(report.ratios())
+    assert len(data["measurements"]) == len(report.measurements)
+    assert {"images_per_s", "images_per_s_spread", "mfu", "peak_memory_mb", "times_s"} <= set(data["measurements"][0])
+    assert data["environment"]["threads"] >= 1
+
+
+def test_official_loss_restatement_matches_ours():
+    import torch
+    from timm.loss import LabelSmoothingCrossEntropy
+
+    from deit.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(12, 5)
+    x, y = torch.randn(6, 12), torch.randint(0, 5, (6,))
+    outputs = (torch.randn(6, 5), torch.randn(6, 5))
+    for kind, reduction in (("hard", "batchmean"), ("soft", "official")):
+        ours = DistillationLoss(LabelSmoothingCrossEntropy(0.1), teacher, kind, alpha=0.5, tau=3.0,
+                                kl_reduction=reduction)
+        peer = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), teacher, kind, 0.5, 3.0)
+        torch.testing.assert_close(ours(x, outputs, y), peer(x, outputs, y))
+
+
+def test_non_distilled_model_skips_hf_with_a_reason():
+    impls, skipped = same_weights("deit_pico_patch4_32", with_hf=True)
+    assert set(impls) == {"ours", "timm"} and "distillation token" in skipped[0]
+
+
+def test_cli_writes_json_and_rejects_bad_settings(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["benchmark", "--model", "deit_pico_distilled_patch4_32", "--tasks", "inference", "--peers", "timm",
+                 "--modes", "fp32", "--batch-size", "2", "--repeats", "1", "--warmup", "0",
+                 "--deit-runtime-only", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ours ÷ this" in printed and json.loads(out.read_text())["ratios"]
+    assert main(["benchmark", "--tasks", "infer"]) == 2
+    assert "tasks has 'infer'" in capsys.readouterr().err
+    assert main(["benchmark", "--repeats", "0"]) == 2
