@@ -111,7 +111,8 @@ def results_table(runs: dict[str, Run], curves_dir: str) -> str:
             f"| {LABELS[name]} | `{run.config.get('model')}` | {teacher or ''} | {run.config.get('epochs')} | "
             f"**{run.top1:.2f}** | {_fmt(run.head('cls'))} | {_fmt(run.head('dist'))} | "
             f"{_fmt(run.final.get('val_dist_teacher_agreement') or run.final.get('val_teacher_agreement'), 1)} | "
-            f"{run.summary.get('train_images_per_s', float('nan')):.0f} | {run.summary.get('wall_time_s', 0) / 60:.1f} min"
+            f"{run.summary.get('train_images_per_s', float('nan')):.0f} | "
+            f"{run.summary.get('wall_time_s', 0) / 60:.1f} min"
             f" | [png]({curves_dir}/{name}.png) |")
     return "\n".join(lines)
 

@@ -86,3 +86,21 @@ def test_cli_writes_json_and_rejects_bad_settings(tmp_path, capsys):
     assert main(["benchmark", "--tasks", "infer"]) == 2
     assert "tasks has 'infer'" in capsys.readouterr().err
     assert main(["benchmark", "--repeats", "0"]) == 2
+
+
+def test_attention_is_counted_in_flops():
+    """torch's counter skips the CPU flash-attention kernel unless we register it: the count
+    must equal the hand formula (linear layers + attention) for a one-block model."""
+    import torch
+
+    from deit.benchmark import _plain_flops
+    from deit.models.registry import create_model
+
+    model = create_model("deit_pico_distilled_patch4_32", num_classes=10, num_encoder_blocks=1).eval()
+    B, N, D, P = 2, 64 + 2, 64, 4 * 4 * 3
+    hidden = model.blocks[0].mlp.fc1.out_features
+    with torch.inference_mode():
+        flops = _plain_flops(lambda: model.student_model(torch.randn(B, 3, 32, 32)), batch=1)
+    linear = 2 * B * (64 * P * D + N * (3 * D * D + D * D + 2 * D * hidden) + 2 * D * 10)
+    attention = 2 * 2 * B * N * N * D  # q @ k^T and attn @ v
+    assert flops == linear + attention

@@ -11,7 +11,7 @@ from deit import create_model, save_model
 from deit.cli import build_parser, main
 from tests.conftest import perturb_
 
-SUBCOMMANDS = ["demo", "train", "eval", "predict", "list-models", "info", "convert"]
+SUBCOMMANDS = ["demo", "train", "eval", "predict", "benchmark", "list-models", "info", "convert"]  # benchmark: tests/test_benchmark.py
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

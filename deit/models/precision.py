@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -55,11 +56,16 @@ class EmulatedBf16(TorchFunctionMode):
         return out.to(torch.bfloat16)
 
 
-_state = {"enabled": True, "active": False}
+class _State(threading.local):
+    enabled = True  # False inside no_bf16_emulation()
+    active = False  # an outer forward of ours already emulates
+
+
+_state = _State()
 
 
 def bf16_emulation_needed() -> bool:
-    return (_state["enabled"] and not _state["active"] and torch.is_autocast_enabled("cpu")
+    return (_state.enabled and not _state.active and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not native_cpu_bf16())
 
 
@@ -69,21 +75,21 @@ def cpu_bf16_emulated(method: T) -> T:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not bf16_emulation_needed() or torch.compiler.is_compiling():
             return method(*args, **kwargs)
-        _state["active"] = True
+        _state.active = True
         try:
             with EmulatedBf16():
                 return method(*args, **kwargs)
         finally:
-            _state["active"] = False
+            _state.active = False
     return wrapper  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
 def no_bf16_emulation():
     """Within this context our models use PyTorch's own bf16 kernels (for comparisons)."""
-    saved = _state["enabled"]
-    _state["enabled"] = False
+    saved = _state.enabled
+    _state.enabled = False
     try:
         yield
     finally:
-        _state["enabled"] = saved
+        _state.enabled = saved
