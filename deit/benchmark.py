@@ -411,13 +411,10 @@ def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
 def _plain_flops(fn: Callable[[], Any], batch: int) -> float:
     """FLOPs per image of the model's plain code (the no-grad fast path computes the same
     function with in-place kernels the counter does not see)."""
-    from deit.models import layers
+    from deit.models.layers import plain_forward
 
-    layers.Block.fast_inference = False
-    try:
+    with plain_forward():
         return count_flops(fn) / batch
-    finally:
-        layers.Block.fast_inference = True
 
 
 class _Phase:

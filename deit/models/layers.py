@@ -6,6 +6,8 @@ with at most a load-time filter (:mod:`deit.checkpoint`), never a change here.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,11 +173,23 @@ def _no_grad_eager(x: torch.Tensor, module: nn.Module) -> bool:
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
+@contextlib.contextmanager
+def plain_forward():
+    """Within this context every :class:`Block` uses its plain forward (e.g. to count FLOPs:
+    the no-grad path's in-place kernels are invisible to torch's flop counter)."""
+    saved = Block.fast_inference
+    Block.fast_inference = False
+    try:
+        yield
+    finally:
+        Block.fast_inference = saved
+
+
 class Block(nn.Module):
     """Pre-norm transformer encoder block: x + attn(LN(x)), then x + mlp(LN(x)).
 
-    Set ``fast_inference = False`` to always use the plain forward (the no-grad path
-    computes the same function, see :meth:`forward_no_grad`).
+    ``fast_inference = False`` (or :func:`plain_forward`) makes it always use the plain
+    forward (the no-grad path computes the same function, see :meth:`forward_no_grad`).
     """
 
     fast_inference: bool = True

@@ -9,11 +9,8 @@ from deit.models.registry import create_model
 
 
 def _plain(model, x):
-    layers.Block.fast_inference = False
-    try:
+    with layers.plain_forward():
         return model(x)
-    finally:
-        layers.Block.fast_inference = True
 
 
 @pytest.mark.parametrize("layer_scale", [None, 0.1])
