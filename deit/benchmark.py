@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ from deit.checkpoint import adapt_state_dict
 from deit.losses import DistillationLoss
 from deit.models.registry import create_model
 from deit.optim import build_optimizer
+from deit.runtime import release_free_memory
 
 DEFAULT_INFERENCE_MODEL = "deit_small_distilled_patch16_224"
 DEFAULT_TRAIN_MODEL = "deit_tiny_distilled_patch16_224"
@@ -67,12 +67,6 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _malloc_trim() -> None:
-    """Give freed heap back to the OS so that the next RSS baseline is honest (glibc only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -89,7 +83,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
         return torch.cuda.max_memory_allocated(device) - before
     if not Path("/proc/self/statm").exists():
         return None
-    _malloc_trim()
+    release_free_memory()
     baseline = _rss_bytes()
     peak, done = baseline, threading.Event()
 

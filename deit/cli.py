@@ -185,7 +185,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         cfg.train_model = args.train_model
     if args.teacher:
         cfg.teacher = args.teacher
-    cfg.validate()
     report = run_benchmark(cfg, log=lambda line: print(line, flush=True))
     print(report.format_table())
     out = Path(args.json or Path("benchmarks") / "results" / f"benchmark-{datetime.now():%Y%m%d-%H%M%S}.json")

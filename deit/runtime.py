@@ -28,6 +28,22 @@ TRIM_THRESHOLD = (1 << 31) - 1  # keep up to 2 GiB of freed heap for reuse
 _applied: bool | None = None
 
 
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the OS (glibc ``malloc_trim``), e.g. before measuring a
+    baseline resident set; a no-op elsewhere."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap/trim thresholds (see module doc). Returns whether they are now
     in effect; ``False`` on non-glibc systems or with ``DEIT_MALLOC_TUNING=0``."""
@@ -37,13 +53,8 @@ def tune_cpu_allocator() -> bool:
     _applied = False
     if os.environ.get("DEIT_MALLOC_TUNING", "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # not glibc (musl, macOS)
         return False
     _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
