@@ -41,3 +41,25 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
             f"{name}={value} must be divisible by {divisor_name}={divisor} "
             f"(remainder {value % divisor})"
         )
+
+
+def check_image_values(x) -> None:
+    """Raise ``ValueError`` for an empty batch, a non-float dtype or NaN/Inf pixels (issue 5).
+
+    Skipped while tracing, exporting or compiling: those see symbolic tensors, and the
+    check is for data, not graphs.
+    """
+    import torch
+
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+            or x.device.type == "meta"):
+        return
+    if x.shape[0] == 0:
+        raise ValueError(f"got an empty batch (input of shape {tuple(x.shape)}); expected at least one image")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
+                         "x.float() and normalise as the model's data config says")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"the input holds {bad} NaN or Inf value(s) in a batch of shape {tuple(x.shape)}; "
+                         "expected finite pixel values (check the data pipeline and normalisation)")

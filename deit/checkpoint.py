@@ -17,6 +17,7 @@ can never execute code on load.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -413,16 +414,41 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves half a file."""
+    """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path``.
+
+    A crash (kill -9, power loss) or an IO error (disk full) at any point leaves either the
+    previous ``path`` or the new one, never half a file (issue 5); the temporary file is
+    removed on an exception.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
+    except Exception as err:  # disk full, file too large, IO error: torch and safetensors wrap the OSError
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+        code = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
+        raise OSError(code, f"could not write {path} ({reason}); {kept}") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss
+    finally:
+        os.close(directory)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a small text file (config, summary, log table) through :func:`atomic_write`."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
 
 
 def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,

@@ -292,6 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_cpu_allocator()  # the benchmark applies it itself, after measuring without it
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except (CheckpointError, ValueError, OSError, NonFiniteLossError) as err:
         print(f"deit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ class TrainConfig:
     data_dir: str | None = None
     train_subset: int | None = None  # use only the first N training images (budgeted runs)
     num_workers: int = 0
+    bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
     # --- optimisation --------------------------------------------------------------------
     epochs: int = 300
     batch_size: int = 64  # per process and per step; the effective batch multiplies in accum_steps
@@ -72,6 +73,7 @@ class TrainConfig:
     # --- run -----------------------------------------------------------------------------
     output: str = "runs/train"
     seed: int = 0
+    deterministic: bool = False  # deterministic kernels only (CUDA); CPU runs are reproducible without it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue the run in `output` from its last checkpoint
     eval_interval: int = 1  # evaluate every N epochs (the last epoch is always evaluated)
@@ -127,6 +129,7 @@ class TrainConfig:
             raise ValueError(f"scale={self.scale!r} is invalid; expected two numbers 0 < min <= max <= 1")
         check_choice("distillation_type", self.distillation_type, ("none", "soft", "hard"))
         check_choice("kl_reduction", self.kl_reduction, ("batchmean", "official"))
+        check_choice("bad_images", self.bad_images, ("fail", "skip"))
         check_choice("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
         if self.distillation_type != "none" and not self.teacher_model:
             raise ValueError(f"distillation_type={self.distillation_type!r} needs a teacher: set teacher_model "

@@ -106,9 +106,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
         mean, std = stats_for_channels(mean, in_channels), stats_for_channels(std, in_channels)
     transform = build_transform(is_train=False, image_size=image_size, in_channels=in_channels, mean=mean, std=std)
     val_set = load_dataset(dataset, "val", data_dir, transform=transform)
-    classes = meta["classes"] or list(val_set.classes)
-    if len(classes) != getattr(model, "num_classes", len(classes)):
-        raise ValueError(f"{path} predicts {model.num_classes} classes but {dataset!r} has {len(classes)}")
+    data_classes = [str(c) for c in val_set.classes]
+    classes = meta["classes"] or data_classes
+    num_outputs = getattr(model, "num_classes", len(classes))
+    if len(data_classes) != num_outputs or [str(c) for c in classes] != data_classes:
+        shown = ", ".join(data_classes[:10]) + (" …" if len(data_classes) > 10 else "")
+        raise ValueError(
+            f"{path} predicts {num_outputs} classes ({', '.join(map(str, classes[:10]))}"
+            f"{' …' if len(classes) > 10 else ''}) but {dataset} has {len(data_classes)} ({shown}); evaluating "
+            f"it there would compare unrelated labels. Fine-tune it on that data first: deit train --finetune "
+            f"{path} --dataset {dataset} ...")
     loader = build_loader(val_set, batch_size=batch_size, is_train=False)
     metrics = evaluate(model, loader, device=torch.device("cpu"), collect_predictions=True)
     out_dir = Path(output) if output else Path(path).parent

@@ -7,6 +7,7 @@ and ``best.pth`` (atomic, weights-only loadable), ``metrics.csv``, TensorBoard e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from deit import distributed
@@ -28,6 +30,7 @@ from deit.checkpoint import (
     model_identity,
     restore_rng_state,
     save_training_checkpoint,
+    write_text_atomic,
 )
 from deit.config import TrainConfig
 from deit.engine import Amp, evaluate, train_one_epoch
@@ -87,6 +90,9 @@ def check_output_dir(output: Path, resume: bool) -> None:
                          "another --output (nothing was overwritten)")
     if resume and not (output / "last.pth").exists():
         raise ValueError(f"--resume: no checkpoint to resume in {output} (expected {output / 'last.pth'})")
+    for stale in output.glob(".*.tmp"):  # a write interrupted by a crash; the file it was replacing is intact
+        logger.info("removing %s, left by an interrupted write", stale)
+        stale.unlink(missing_ok=True)
 
 
 def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -103,7 +109,8 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     """Datasets, loaders and the data settings that a checkpoint records for prediction."""
     from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
 
-    train_set = load_dataset(config.dataset, "train", config.data_dir)  # decoded once; transform set below
+    train_set = load_dataset(config.dataset, "train", config.data_dir,  # decoded once; transform set below
+                             bad_images=config.bad_images)
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
     if image_size is None:  # ImageFolder: the model's own size
@@ -117,7 +124,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
                                reprob=config.reprob, hflip=hflip, scale=tuple(config.scale), **common)
     eval_tf = build_transform(is_train=False, **common)
     train_set.transform = train_tf
-    val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf)
+    val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf, bad_images=config.bad_images)
     classes = list(train_set.classes)
     if config.train_subset is not None and config.train_subset < len(train_set):
         train_set = torch.utils.data.Subset(train_set, range(config.train_subset))
@@ -161,9 +168,34 @@ def train(config: TrainConfig) -> TrainResult:
         check_output_dir(output, config.resume)
     distributed.init(env, device)
     try:
-        return _train(config, env, device, output)
+        with deterministic_algorithms(config.deterministic):
+            return _train(config, env, device, output)
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """``--deterministic``: deterministic kernels only (an error names any op without one).
+
+    On CPU runs are bit-reproducible without it (tested). On CUDA the sources of run-to-run
+    differences are atomics in backward kernels (index_add / scatter / embedding, some
+    attention and convolution backward passes), cuBLAS workspace reuse (fixed by
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, set here) and cuDNN autotuning (off here); NCCL
+    all-reduce order under DDP is fixed for a given world size.
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
@@ -248,7 +280,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
                     in_channels=data_config["in_channels"])
     if env.is_main:
-        (output / "config.yaml").write_text(__import__("yaml").safe_dump(resolved, sort_keys=False))
+        write_text_atomic(output / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     run_log = RunLog(output, enabled=env.is_main, resume_after_epoch=start_epoch - 1 if resume_state else None)
     if env.is_main:
         logger.info("training %s on %s: %d epochs x %d updates of %d images (lr %.2e), output %s", config.model,
@@ -297,6 +329,10 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
             logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch,
                         metrics["train_loss"], val_text, metrics["train_images_per_s"],
                         time.perf_counter() - start_time)
+            skipped = sum(_skipped_images(loader) for loader in (train_loader, val_loader))
+            if skipped:
+                logger.warning("%d unreadable image file(s) skipped so far (bad_images=skip); their paths are in "
+                               "the warnings above", skipped)
         distributed.barrier()
 
     wall = time.perf_counter() - start_time
@@ -309,10 +345,15 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
         summary = {"model": config.model, "dataset": config.dataset, "best_acc1": best_acc1,
                    "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
                    "wall_time_s": wall, "train_images_per_s": result.train_images_per_s}
-        tmp = output / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, output / "summary.json")
+        write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
     return result
+
+
+def _skipped_images(loader) -> int:
+    """Unreadable files an image folder skipped (``bad_images="skip"``, issue 5); 0 otherwise."""
+    dataset = loader.dataset
+    dataset = getattr(dataset, "dataset", dataset)  # through a Subset
+    return int(getattr(dataset, "skipped", 0))
 
 
 def _gather_rng_states(env: distributed.DistEnv):

@@ -20,6 +20,7 @@ Built-in names take priority over a directory of the same name (use ``./digits``
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -31,15 +32,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes, pil_loader
+from torchvision.datasets.folder import find_classes
 
 from deit._validation import check_choice
 
 __all__ = [
-    "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
+    "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
     "dataset_info", "dataset_mean_std", "load_dataset", "read_idx",
 ]
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -157,12 +160,73 @@ class ArrayImageDataset(Dataset):
                 f"classes={len(self.classes)}, transform={self.transform!r})")
 
 
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+def _decode_rgb(path: str) -> Image.Image:
+    """Decode ``path`` fully (a truncated file fails here, not later in a transform) as RGB."""
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
 class FolderDataset(ImageFolder):
-    """torchvision's ImageFolder, every image converted to RGB on load."""
+    """torchvision's ImageFolder, every image converted to RGB on load.
+
+    A file that cannot be decoded (zero bytes, truncated, not an image) is handled by
+    ``bad_images`` (issue 5): ``"fail"`` raises :class:`CorruptDatasetError` naming the
+    file; ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
+    data-loader worker processes) and serves the next readable sample instead, so batch
+    sizes and the epoch length do not change.
+    """
 
     channels = 3
     native_size = None
     hflip_ok = True
+
+    def __init__(self, root: str, transform: Callable[[Image.Image], Any] | None = None, *,
+                 bad_images: str = "fail") -> None:
+        import multiprocessing
+
+        check_choice("bad_images", bad_images, BAD_IMAGE_POLICIES)
+        try:
+            super().__init__(root, transform=transform, loader=_decode_rgb)
+        except FileNotFoundError as err:  # torchvision: "Found no valid file for the classes ..."
+            raise DatasetNotFoundError(f"image folder {root}: {err} Every class folder needs at least one "
+                                       "image file.") from None
+        self.bad_images = bad_images
+        self._skipped = multiprocessing.Value("i", 0)  # inherited by DataLoader workers
+        self._bad_paths: set[str] = set()
+
+    @property
+    def skipped(self) -> int:
+        """How many unreadable files were skipped so far (all processes, repeats counted)."""
+        return int(self._skipped.value)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for offset in range(len(self.samples)):
+            position = (index + offset) % len(self.samples)
+            path, target = self.samples[position]
+            if path in self._bad_paths:
+                continue
+            try:
+                image = self.loader(path)
+            except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
+                reason = f"{type(err).__name__}: {err}"
+                if self.bad_images == "fail":
+                    raise CorruptDatasetError(
+                        f"cannot read {path} as an image ({reason}); expected a file Pillow can decode. "
+                        "Remove or replace it, or train with --bad-images skip to skip unreadable files "
+                        "(they are counted in the log)") from None
+                self._bad_paths.add(path)
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, reason)
+                continue
+            image = self.transform(image) if self.transform is not None else image
+            return image, target
+        raise CorruptDatasetError(f"image folder {self.root}: none of its {len(self.samples)} files can be "
+                                  "read as an image")
 
 
 # --- IDX files (MNIST / Fashion-MNIST) --------------------------------------------------
@@ -253,13 +317,13 @@ def _load_digits(split: str, transform) -> ArrayImageDataset:
                              hflip_ok=DATASET_INFO["digits"].hflip_ok)
 
 
-def _load_folder(root: Path, split: str, transform) -> FolderDataset:
+def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDataset:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DatasetNotFoundError(
             f"image folder {root}: split folder {split_dir} does not exist; expected {root}/train/ and "
             f"{root}/val/, each holding one sub-folder of images per class")
-    dataset = FolderDataset(str(split_dir), transform=transform, loader=pil_loader)
+    dataset = FolderDataset(str(split_dir), transform=transform, bad_images=bad_images)
     other_dir = root / ("val" if split == "train" else "train")
     if other_dir.is_dir():
         other_classes, _ = find_classes(str(other_dir))
@@ -274,7 +338,7 @@ def _load_folder(root: Path, split: str, transform) -> FolderDataset:
 
 
 def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None) -> Dataset:
+                 transform: Callable[[Image.Image], Any] | None = None, *, bad_images: str = "fail") -> Dataset:
     """Load split ``"train"`` or ``"val"`` of a built-in data set or an ImageFolder root.
 
     Args:
@@ -283,6 +347,8 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         data_dir: directory of the IDX files for ``fashion-mnist`` (optional) and
             ``mnist`` (required); ignored otherwise.
         transform: applied to each ``PIL.Image``; see :class:`ArrayImageDataset` for ``None``.
+        bad_images: image folders only: ``"fail"`` on an unreadable file (naming it) or
+            ``"skip"`` it with a warning and a count (:class:`FolderDataset`).
 
     Returns:
         An :class:`ArrayImageDataset` or a :class:`FolderDataset`; both have ``classes``,
@@ -305,7 +371,7 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
             raise DatasetNotFoundError(f"mnist is not bundled and has no default location. {hint}")
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
-        return _load_folder(Path(key), split, transform)
+        return _load_folder(Path(key), split, transform, bad_images)
     raise ValueError(f"unknown data set {key!r}: expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                      "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
 

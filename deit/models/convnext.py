@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deit._validation import (
+    check_image_values,
     check_non_negative_int,
     check_positive_int,
     check_probability,
@@ -189,6 +190,7 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"images of {x.shape[2]}x{x.shape[3]} px are too small for this ConvNeXt "
                              f"(stem_stride={self.config['stem_stride']}): need at least "
                              f"{self.min_input_size()} px; use a *_32 variant (stem_stride=2) for small images")
+        check_image_values(x)
         return self.stages(self.stem(x))
 
     @cpu_bf16_emulated

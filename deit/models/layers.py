@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit._validation import check_choice
+from deit._validation import check_choice, check_image_values
 
 PATCHIFY_TECHNIQUES = ("linear", "convolutional")
 
@@ -61,8 +61,7 @@ class PatchEmbed(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]}; resize the input or load the weights into a model with "
                 f"image_size={x.shape[2]} (positional embeddings are resampled at load time)"
             )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+        check_image_values(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
