@@ -26,7 +26,7 @@ from deit.models import create_model
 
 def _tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_dataset("fashion-mnist", split)
-    images = torch.from_numpy(ds.images).float().div_(255.0)   # (N, 28, 28)
+    images = torch.tensor(ds.images, dtype=torch.float32).div_(255.0)   # (N, 28, 28)
     return images, torch.from_numpy(ds.targets_array)           # (N,)
 
 
