@@ -153,9 +153,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from deit.inference import Predictor
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise ValueError("give exactly one of --checkpoint CKPT (PyTorch) or --onnx MODEL.onnx (onnxruntime)")
+    if args.onnx is not None:
+        from deit.onnx_predict import OnnxPredictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema)
+        predictor = OnnxPredictor(args.onnx)
+    else:
+        from deit.inference import Predictor
+
+        predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema)
     results = predictor.predict_files(args.images, topk=args.topk)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -163,6 +170,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for item in results:
             ranked = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"])
             print(f"{item['image']}: {ranked}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deit.export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, args.output, head=args.head, fmt=args.format, use_ema=args.ema,
+                               opset=args.opset, atol=args.atol, data_dir=args.data_dir, verify=not args.no_verify)
+    meta = report["metadata"]
+    print(f"wrote {report['path']}: {meta['model_name']}, input images (batch, {meta['in_channels']}, "
+          f"{meta['image_size']}, {meta['image_size']}), outputs {', '.join(meta['outputs'])}, "
+          f"{len(meta['classes'])} classes")
+    for inputs, errors in report["max_abs_diff"].items():
+        shown = ", ".join(f"{name} {err:.2e}" for name, err in errors.items())
+        print(f"  verified on {inputs} images: max |exported - PyTorch| {shown} (tolerance {args.atol:g})")
     return 0
 
 
@@ -231,11 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-5 classes with names for image files")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train")
+    p.add_argument("--checkpoint", help="checkpoint written by deit train")
+    p.add_argument("--onnx", help="instead of --checkpoint: a file written by deit export (runs with onnxruntime, "
+                                  "without the library's model code)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified against PyTorch",
+                       description="Export the student of a checkpoint to ONNX (.onnx) or TorchScript (.pt). The "
+                                   "batch axis is dynamic; preprocessing and class names are stored in the file; "
+                                   "the result is checked against PyTorch on random and real images.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train (or converted weights)")
+    p.add_argument("--output", required=True, help="model.onnx, or model.pt for TorchScript")
+    p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the suffix of --output")
+    p.add_argument("--head", default="fusion", choices=["fusion", "cls", "dist", "all"],
+                   help="DeiT output(s): fused prediction (default), one head, or all three")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights stored in the checkpoint")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance on logits")
+    p.add_argument("--data-dir", help="data folder for IDX-file data sets (real-image verification)")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="speed, memory and MFU of our models against timm and HF transformers "
                                          "with the same weights, in one process",

@@ -1,0 +1,256 @@
+"""Export a trained model to ONNX or TorchScript, verified against PyTorch (issue 6, item 1).
+
+The exported graph is the *student* only (the teacher is a training-time companion) and
+returns, for a DeiT, the head chosen with ``head``: ``"fusion"`` (mean of the two heads'
+logits, the paper's DeiT⚗ prediction), ``"cls"``, ``"dist"`` or ``"all"`` (three outputs
+``cls``, ``dist``, ``fusion``); a ViT or ConvNeXt has one output, ``logits``. The batch axis
+is dynamic.
+
+Everything needed to use the file without this library travels inside it (ONNX
+``metadata_props`` / TorchScript ``_extra_files["deit.json"]``): model name, image size,
+channels, mean/std, resize/crop rule, class names and output names — see
+:func:`export_metadata`. :mod:`deit.onnx_predict` reads them to classify images with
+onnxruntime alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from deit._validation import check_choice
+from deit.checkpoint import atomic_write
+
+__all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_model", "verify_export"]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+HEADS = ("fusion", "cls", "dist", "all")
+METADATA_KEY = "deit.json"
+
+
+class ExportHead(nn.Module):
+    """The student with a fixed output: images (B, C, H, W) -> logits (B, K) or a tuple."""
+
+    def __init__(self, model: nn.Module, head: str = "fusion") -> None:
+        super().__init__()
+        check_choice("head", head, HEADS)
+        self.distilled = hasattr(model, "forward_heads")
+        if not self.distilled and head != "fusion":
+            raise ValueError(f"head={head!r} needs a distilled model (cls and dist heads); "
+                             f"{getattr(model, 'model_name', type(model).__name__)} has a single head: "
+                             "export it with head='fusion' (the default)")
+        self.model = model
+        self.head = head
+        self.eval()  # exporters restore the wrapper's own mode afterwards: it must be eval too
+
+    @property
+    def output_names(self) -> list[str]:
+        if not self.distilled:
+            return ["logits"]
+        return ["cls", "dist", "fusion"] if self.head == "all" else [self.head]
+
+    def forward(self, x: torch.Tensor):
+        if not self.distilled:
+            return self.model(x)  # (B, K)
+        cls_logits, dist_logits = self.model.forward_heads(self.model.forward_features(x))  # (B, K) each
+        fusion = (cls_logits + dist_logits) / 2  # (B, K)
+        if self.head == "all":
+            return cls_logits, dist_logits, fusion
+        return {"cls": cls_logits, "dist": dist_logits, "fusion": fusion}[self.head]
+
+
+def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: Sequence[str],
+                    outputs: Sequence[str]) -> dict[str, Any]:
+    """What a consumer of the exported file needs: preprocessing, class names, outputs."""
+    in_channels = int(data_config.get("in_channels") or getattr(model, "in_channels", 3))
+    image_size = int(data_config.get("image_size") or getattr(model, "image_size", 224))
+    mean = list(data_config.get("mean") or [0.5] * in_channels)
+    std = list(data_config.get("std") or [0.5] * in_channels)
+    if len(mean) == 1 and in_channels == 3:
+        mean, std = mean * 3, std * 3
+    return {
+        "format": "deit-export", "format_version": 1,
+        "model_name": getattr(model, "model_name", None) or type(model).__name__,
+        "image_size": image_size, "in_channels": in_channels,
+        "color_mode": "L" if in_channels == 1 else "RGB",
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        # the evaluation transform (deit.data.build_transform): shorter side to image_size
+        # (bicubic), centre crop image_size x image_size, /255, (x - mean) / std, NCHW float32
+        "resize": "shorter_side", "interpolation": "bicubic", "crop": "center", "crop_pct": 1.0,
+        "classes": [str(c) for c in classes],
+        "outputs": list(outputs), "input": "images",
+    }
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, head: str = "fusion",
+                 data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
+                 opset: int = 18, batch_size: int = 2) -> tuple[Path, dict[str, Any]]:
+    """Write ``model`` as ONNX (``.onnx``) or TorchScript (``.pt``/``.ts``/``.torchscript``).
+
+    Args:
+        fmt: ``"onnx"`` or ``"torchscript"``; default from the suffix.
+        head: see the module docstring.
+        data_config / classes: what :func:`deit.inference.load_for_inference` returns for a
+            checkpoint; recorded as metadata.
+        batch_size: batch of the example input used to trace (the batch axis stays dynamic).
+
+    Returns ``(path, metadata)``. The file is written atomically.
+    """
+    path = Path(path)
+    fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript" if path.suffix in (".pt", ".ts", ".torchscript")
+                  else None)
+    if fmt is None:
+        raise ValueError(f"cannot tell the export format from {path.name}: expected a .onnx file (ONNX) or "
+                         ".pt / .ts / .torchscript (TorchScript), or pass fmt=")
+    check_choice("fmt", fmt, EXPORT_FORMATS)
+    wrapper = ExportHead(model, head)
+    data_config = dict(data_config or {})
+    metadata = export_metadata(model, data_config, classes or [str(i) for i in range(model.num_classes)],
+                               wrapper.output_names)
+    example = torch.randn(batch_size, metadata["in_channels"], metadata["image_size"], metadata["image_size"])
+    if fmt == "onnx":
+        atomic_write(path, lambda tmp: _write_onnx(wrapper, example, tmp, metadata, opset))
+    else:
+        atomic_write(path, lambda tmp: _write_torchscript(wrapper, example, tmp, metadata))
+    return path, metadata
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    """The tracer warns about our input checks (shape comparisons become constants: correct,
+    since only the batch axis varies) and torch deprecates jit.trace in favour of export."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        # the TorchScript-based ONNX exporter (dynamo=False): deprecated in favour of the
+        # torch.export-based one, but still supported and exact for these models
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        yield
+
+
+def _write_onnx(wrapper: ExportHead, example: torch.Tensor, tmp: Path, metadata: dict[str, Any],
+                opset: int) -> None:
+    import onnx
+
+    batch = {0: "batch"}
+    with torch.no_grad(), _quiet_tracing():
+        torch.onnx.export(wrapper, (example,), str(tmp), input_names=["images"], output_names=wrapper.output_names,
+                          dynamic_axes={"images": batch, **{name: batch for name in wrapper.output_names}},
+                          opset_version=opset, dynamo=False)
+    graph = onnx.load(str(tmp))
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=json.dumps(value))
+    graph.producer_name = "deit"
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(tmp))
+
+
+def _write_torchscript(wrapper: ExportHead, example: torch.Tensor, tmp: Path, metadata: dict[str, Any]) -> None:
+    with torch.no_grad(), _quiet_tracing():
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    traced.save(str(tmp), _extra_files={METADATA_KEY: json.dumps(metadata)})
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata recorded by :func:`export_model` in an ONNX or TorchScript file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from deit.onnx_predict import read_onnx_metadata
+
+        return read_onnx_metadata(path)
+    files = {METADATA_KEY: ""}
+    with _quiet_tracing():
+        torch.jit.load(str(path), _extra_files=files, map_location="cpu")
+    if not files[METADATA_KEY]:
+        raise ValueError(f"{path} holds no deit metadata ({METADATA_KEY}); was it written by deit export?")
+    return json.loads(files[METADATA_KEY])
+
+
+def run_exported(path: str | os.PathLike, images: torch.Tensor) -> list[np.ndarray]:
+    """Outputs of an exported file on ``images`` (B, C, H, W): onnxruntime for ONNX, the
+    TorchScript interpreter otherwise."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images.numpy().astype(np.float32)})
+    with _quiet_tracing():
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        out = module(images)
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tensor, *, head: str = "fusion",
+                  atol: float = 1e-4) -> dict[str, float]:
+    """Max |exported - PyTorch| per output on ``images``; raises ``AssertionError`` above ``atol``."""
+    wrapper = ExportHead(model, head)
+    with torch.no_grad():
+        expected = wrapper(images)
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    got = run_exported(path, images)
+    if len(got) != len(expected):
+        raise AssertionError(f"{path} returned {len(got)} outputs; expected {len(expected)}")
+    errors = {name: float(np.abs(g - e).max()) for name, g, e in zip(wrapper.output_names, got, expected)}
+    worst = max(errors.values())
+    if not worst <= atol:
+        raise AssertionError(f"{path} differs from the PyTorch model by {worst:.3g} (> {atol}) on "
+                             f"{tuple(images.shape)} inputs: {errors}")
+    return errors
+
+
+
+def real_images(data_config: Mapping[str, Any], count: int = 8, data_dir: str | None = None) -> torch.Tensor | None:
+    """``count`` validation images of the checkpoint's data set, preprocessed as for
+    evaluation (B, C, H, W); ``None`` when the data set is not available here."""
+    from deit.data import build_transform, load_dataset
+    from deit.data.datasets import DatasetNotFoundError
+
+    dataset = data_config.get("dataset")
+    if not dataset or not data_config.get("mean"):
+        return None
+    transform = build_transform(is_train=False, image_size=int(data_config["image_size"]),
+                                in_channels=int(data_config["in_channels"]), mean=data_config["mean"],
+                                std=data_config["std"])
+    try:
+        val = load_dataset(dataset, "val", data_dir, transform=transform)
+    except (DatasetNotFoundError, ValueError):
+        return None
+    step = max(1, len(val) // count)
+    return torch.stack([val[i * step][0] for i in range(min(count, len(val)))])  # (B, C, H, W)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, head: str = "fusion",
+                      fmt: str | None = None, use_ema: bool = False, opset: int = 18, atol: float = 1e-4,
+                      data_dir: str | None = None, verify: bool = True) -> dict[str, Any]:
+    """``deit export``: checkpoint -> ONNX/TorchScript file, verified on random images (a batch
+    size other than the traced one, so the dynamic axis is exercised) and on real images of
+    the checkpoint's data set when it is available. Returns a report dict."""
+    from deit.inference import load_for_inference
+
+    model, meta = load_for_inference(checkpoint, use_ema=use_ema)
+    classes = meta["classes"] or [str(i) for i in range(model.num_classes)]
+    path, metadata = export_model(model, output, fmt=fmt, head=head, data_config=meta["data_config"],
+                                  classes=classes, opset=opset)
+    report: dict[str, Any] = {"path": str(path), "metadata": metadata, "max_abs_diff": {}}
+    if verify:
+        generator = torch.Generator().manual_seed(0)
+        size, channels = metadata["image_size"], metadata["in_channels"]
+        random = torch.randn(5, channels, size, size, generator=generator)  # (5, C, H, W)
+        try:
+            report["max_abs_diff"]["random"] = verify_export(path, model, random, head=head, atol=atol)
+            real = real_images(meta["data_config"], data_dir=data_dir)
+            if real is not None:
+                report["max_abs_diff"]["real"] = verify_export(path, model, real, head=head, atol=atol)
+        except AssertionError as err:
+            raise ValueError(f"export verification failed: {err}. The file is kept for inspection.") from None
+    return report
