@@ -28,16 +28,41 @@ def _format_params(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def model_zoo_row(name: str) -> dict[str, object]:
+    """Parameters (1000 classes), default input size and forward GFLOPs per image of a
+    registered model, counted on the meta device (shapes only: no memory, no time)."""
+    from deit.benchmark import count_flops
+
+    with torch.device("meta"):
+        model = create_model(name).eval()
+        size = getattr(model, "image_size", None) or (32 if name.endswith("_32") else 224)
+        x = torch.empty(1, getattr(model, "in_channels", 3), size, size)  # (1, C, H, W)
+    with torch.no_grad():
+        flops = count_flops(lambda: model(x))
+    return {"name": name, "family": type(model).__name__, "params": count_parameters(model), "image_size": size,
+            "gflops": flops / 1e9}
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         print(f"no registered model matches {args.pattern!r}", file=sys.stderr)
         return 1
+    if args.markdown:
+        print("| name | class | params (1000 classes) | input | GFLOPs / image | GMACs (the paper's \"FLOPs\") |")
+        print("|---|---|---|---|---|---|")
+        for name in names:
+            row = model_zoo_row(name)
+            print(f"| `{name}` | {row['family']} | {_format_params(row['params'])} | {row['image_size']} | "
+                  f"{row['gflops']:.3g} | {row['gflops'] / 2:.3g} |")
+        return 0
     for name in names:
-        if args.params:
+        if args.params or args.flops:
+            row = model_zoo_row(name) if args.flops else None
             with torch.device("meta"):
-                model = create_model(name)
-            print(f"{name:40s} {_format_params(count_parameters(model)):>9s}")
+                params = count_parameters(create_model(name))
+            flops = f" {row['gflops']:9.3g} GFLOPs @ {row['image_size']} px" if row else ""
+            print(f"{name:40s} {_format_params(params):>9s}{flops}")
         else:
             print(name)
     return 0
@@ -188,6 +213,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from deit.visualize import format_similarity, visualize
+
+    output = args.output or str(Path(args.checkpoint).parent / "visualize")
+    for image in args.images:
+        report = visualize(args.checkpoint, image, output, per_layer=args.per_layer, head_fusion=args.head_fusion,
+                           discard_ratio=args.discard_ratio, model_name=args.model, use_ema=args.ema)
+        print(report.format())
+        if report.similarity:
+            print(format_similarity(report.similarity))
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -277,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("visualize", help="attention rollout of the cls and dist tokens over images; cls/dist "
+                                         "token similarity per layer",
+                       description="Attention rollout (Abnar & Zuidema 2020) of the class token and, for a DeiT, of "
+                                   "the distillation token, overlaid on each image as PNGs; for a DeiT also the "
+                                   "cosine similarity of the two tokens after every layer, printed and plotted.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train, or converted weights")
+    p.add_argument("--model", help="architecture, for foreign weights files")
+    p.add_argument("--output", help="folder for the PNGs (default: <checkpoint folder>/visualize)")
+    p.add_argument("--per-layer", action="store_true", help="also each layer's attention of the cls / dist token")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="how heads are combined")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="fraction of the lowest attention weights dropped before the rollout")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.set_defaults(func=cmd_visualize)
+
     p = sub.add_parser("benchmark", help="speed, memory and MFU of our models against timm and HF transformers "
                                          "with the same weights, in one process",
                        description="Inference and distillation-training-step throughput of our models, timm's and "
@@ -304,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list-models", help="list registered model names")
     p.add_argument("pattern", nargs="?", help="substring or glob, e.g. 'distilled' or 'deit_*_224'")
     p.add_argument("--params", action="store_true", help="also print parameter counts")
+    p.add_argument("--flops", action="store_true", help="also print forward GFLOPs per image at the default size")
+    p.add_argument("--markdown", action="store_true", help="the model-zoo table of docs/models.md")
     p.set_defaults(func=cmd_list_models)
 
     p = sub.add_parser("info", help="describe a registered model or a checkpoint file")

@@ -40,6 +40,7 @@ class TrainConfig:
     dataset: str = "digits"  # digits | fashion-mnist | mnist | path to an ImageFolder root
     data_dir: str | None = None
     train_subset: int | None = None  # use only the first N training images (budgeted runs)
+    val_subset: int | None = None  # evaluate on N validation images spread over the set (budgeted runs)
     num_workers: int = 0
     bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
     # --- optimisation --------------------------------------------------------------------
@@ -98,7 +99,7 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "accum_steps", "repeated_aug", "eval_interval"):
             positive_int(name)
-        for name in ("num_classes", "image_size", "in_channels", "train_subset", "stop_after_epochs"):
+        for name in ("num_classes", "image_size", "in_channels", "train_subset", "val_subset", "stop_after_epochs"):
             if getattr(self, name) is not None:
                 positive_int(name)
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:

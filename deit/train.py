@@ -128,6 +128,9 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     classes = list(train_set.classes)
     if config.train_subset is not None and config.train_subset < len(train_set):
         train_set = torch.utils.data.Subset(train_set, range(config.train_subset))
+    if config.val_subset is not None and config.val_subset < len(val_set):
+        step = len(val_set) // config.val_subset  # spread over the set: validation files are often sorted by class
+        val_set = torch.utils.data.Subset(val_set, range(0, step * config.val_subset, step))
     # pinned host memory lets the engine's non_blocking copies overlap with GPU compute
     pin = config.device != "cpu" and torch.cuda.is_available()
     loader_args = dict(num_workers=config.num_workers, world_size=env.world_size, rank=env.rank, seed=config.seed,

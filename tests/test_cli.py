@@ -12,7 +12,7 @@ from deit.cli import build_parser, main
 from tests.conftest import perturb_
 
 # (deit benchmark itself is exercised in tests/test_benchmark.py)
-SUBCOMMANDS = ["demo", "train", "eval", "predict", "benchmark", "list-models", "info", "convert"]
+SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "visualize", "benchmark", "list-models", "info", "convert"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -165,8 +165,9 @@ INFERENCE_CHUNK_ROWS = 1024  # tokens per MLP chunk in Block.forward_no_grad (a 
 def _no_grad_eager(x: torch.Tensor, module: nn.Module) -> bool:
     """Whether :meth:`Block.forward_no_grad` may replace the autograd-friendly forward:
     no gradient wanted, eval mode, no autocast, and no tracer / compiler / exporter looking
-    (they get the plain graph, which they optimise themselves)."""
-    return (not torch.is_grad_enabled() and not module.training
+    (they get the plain graph, which they optimise themselves); meta tensors (shape-only
+    runs, e.g. FLOP counting) take the plain path too."""
+    return (not torch.is_grad_enabled() and not module.training and x.device.type != "meta"
             and not torch.is_autocast_enabled(x.device.type)
             and not torch.jit.is_scripting() and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
