@@ -413,6 +413,12 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     return {"model_name": getattr(model, "model_name", None), "model_config": config}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path``.
 
@@ -427,6 +433,7 @@ def atomic_write(path: Path, write: Any) -> None:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except Exception as err:  # disk full, file too large, IO error: torch and safetensors wrap the OSError
         Path(tmp).unlink(missing_ok=True)
@@ -516,6 +523,19 @@ def infer_model_name(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[
                           "(--model NAME, with --num-classes / --image-size if they differ)")
 
 
+def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``num_classes`` / ``in_channels`` read off a timm-layout state dict, where present."""
+    found: dict[str, Any] = {}
+    for head_key in ("head.weight", "head.fc.weight"):
+        if head_key in state_dict:
+            found["num_classes"] = int(state_dict[head_key].shape[0])
+    for stem_key in ("patch_embed.proj.weight", "stem.0.weight"):
+        weight = state_dict.get(stem_key)
+        if weight is not None and weight.ndim == 4:  # (D, C, p, p) conv kernels
+            found["in_channels"] = int(weight.shape[1])
+    return found
+
+
 def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
                           **overrides: Any) -> tuple[nn.Module, LoadReport]:
     """Rebuild a model from a checkpoint: our files carry name and config; for foreign
@@ -530,6 +550,8 @@ def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
         config = dict(info.get("model_config") or {})
     if model_name is None:
         model_name, config = infer_model_name(to_timm_layout(state_dict))
+    elif not config:  # a named architecture for a foreign file: keep its head and input channels
+        config = _shape_overrides(to_timm_layout(state_dict))
     config.update(overrides)
     config.pop("teacher_model_name", None)  # a teacher is never part of a weights file
     model = create_model(model_name, **config)

@@ -305,3 +305,17 @@ def test_hf_deit_without_teacher_head_loads_into_deit(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval().student_model(x), hf(pixel_values=x).logits, atol=1e-5, rtol=0)
+
+
+def test_named_architecture_keeps_a_foreign_files_head_and_channels(tmp_path):
+    """Regression: build_from_checkpoint(path, model_name) used to build the registry default
+    (1000 classes, RGB) and silently re-initialise a 10-class, 1-channel file's head."""
+    import timm
+
+    peer = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=10, in_chans=1).eval()
+    torch.save({"model": peer.state_dict()}, tmp_path / "foreign.pth")
+    ours, report = build_from_checkpoint(tmp_path / "foreign.pth", "deit_tiny_distilled_patch16_224")
+    assert (ours.num_classes, ours.in_channels) == (10, 1) and not report.reinitialised
+    x = torch.randn(2, 1, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(ours.eval().student_model(x), peer(x), atol=1e-5)

@@ -132,13 +132,8 @@ def test_custom_teacher_module_drives_the_distillation_head(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: DeiT.__init__ stores `self.teacher_model_name = teacher_model_name`; for an nn.Module "
-    "nn.Module.__setattr__ registers it as the submodule 'teacher_model_name', so the teacher's tensors enter "
-    "state_dict() (keys 'teacher_model_name.*'), parameters() and the optimizer, and student.train() puts the "
-    "teacher in training mode. set_teacher() (the other test) is not affected. Remove this marker once fixed."))
 def test_custom_teacher_given_to_the_constructor_stays_outside_the_student(tmp_path):
-    """~7 s now (the script stops at its checks), ~15 s once the bug is fixed."""
+    """The teacher module given to DeiT(...) stays outside the student (~15 s)."""
     proc = run_example("custom_teacher.py", "--tiny", "--attach", "constructor", "--output", str(tmp_path / "out"),
                        cwd=tmp_path)
     out = proc.stdout

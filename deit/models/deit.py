@@ -74,7 +74,9 @@ class DeiT(ViT):
         self.__dict__["_teacher"] = None  # set before nn.Module.__init__ so _apply can see it
         super().__init__(**vit_kwargs)
         self._return_logits_type = return_logits_type
-        self.teacher_model_name = teacher_model_name
+        # plain attribute even for an nn.Module: registering it would put the teacher into the
+        # student's state_dict(), parameters() and optimizer (the earlier library's bug)
+        self.__dict__["teacher_model_name"] = teacher_model_name
         self.teacher_checkpoint = teacher_checkpoint
         self.checkpoint_dir = checkpoint_dir
         self.config.update(return_logits_type=return_logits_type)

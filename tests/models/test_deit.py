@@ -242,3 +242,19 @@ def test_deit_teacher_for_transformer_teacher_runs(tmp_path):
     model = DeiT(**SMALL, teacher_model_name="deit_pico_distilled_patch4_32", checkpoint_dir=tmp_path)
     _, teacher_out = model.eval()(X())
     assert teacher_out.shape == (2, 6)
+
+
+def test_module_teacher_given_to_the_constructor_is_not_part_of_the_student():
+    """Regression: an nn.Module passed as teacher_model_name used to be registered as a
+    submodule, putting the teacher into state_dict(), parameters() and the optimizer."""
+    from deit.models import ConvNeXt, DeiT
+
+    teacher = ConvNeXt(num_classes=10, depths=(1, 1), dims=(8, 16), in_channels=3)
+    student = DeiT(num_classes=10, d_model=16, image_size=16, patch_size=4, encoder_mlp_d=32, encoder_num_heads=2,
+                   num_encoder_blocks=1, teacher_model_name=teacher)
+    teacher_tensors = {id(t) for t in [*teacher.parameters(), *teacher.buffers()]}
+    assert not any(id(t) in teacher_tensors for t in student.state_dict(keep_vars=True).values())
+    assert not any(id(p) in teacher_tensors for p in student.parameters())
+    assert student.teacher is teacher and student.teacher_model_name is teacher
+    student.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
