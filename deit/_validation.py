@@ -46,8 +46,10 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 def check_image_values(x) -> None:
     """Raise ``ValueError`` for an empty batch, a non-float dtype or NaN/Inf pixels (issue 5).
 
-    Skipped while tracing, exporting or compiling: those see symbolic tensors, and the
-    check is for data, not graphs.
+    Skipped while tracing, exporting or compiling (symbolic tensors: the check is for data,
+    not graphs) and on meta tensors. On CUDA the NaN/Inf scan is skipped when gradients are
+    on: it would synchronise the device on every training step, and the engine stops on a
+    non-finite loss before any update anyway.
     """
     import torch
 
@@ -59,6 +61,13 @@ def check_image_values(x) -> None:
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
                          "x.float() and normalise as the model's data config says")
+    if x.device.type != "cuda" or not torch.is_grad_enabled():
+        _check_finite(x)
+
+
+def _check_finite(x) -> None:
+    import torch
+
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"the input holds {bad} NaN or Inf value(s) in a batch of shape {tuple(x.shape)}; "

@@ -57,12 +57,13 @@ def cmd_list_models(args: argparse.Namespace) -> int:
                   f"{row['gflops']:.3g} | {row['gflops'] / 2:.3g} |")
         return 0
     for name in names:
-        if args.params or args.flops:
-            row = model_zoo_row(name) if args.flops else None
+        if args.flops:
+            row = model_zoo_row(name)
+            print(f"{name:40s} {_format_params(row['params']):>9s} {row['gflops']:9.3g} GFLOPs @ "
+                  f"{row['image_size']} px")
+        elif args.params:
             with torch.device("meta"):
-                params = count_parameters(create_model(name))
-            flops = f" {row['gflops']:9.3g} GFLOPs @ {row['image_size']} px" if row else ""
-            print(f"{name:40s} {_format_params(params):>9s}{flops}")
+                print(f"{name:40s} {_format_params(count_parameters(create_model(name))):>9s}")
         else:
             print(name)
     return 0

@@ -18,6 +18,7 @@ import torch
 from deit import create_model, save_model
 from deit.checkpoint import CheckpointError
 from deit.cli import main
+from tests.test_checkpoint import _RunsCode  # unpickling it runs a shell command
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 epochs of 256 digits with every stochastic part of the recipe on (mixup, cutmix,
@@ -175,16 +176,6 @@ def test_io_error_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
 
 
 # --- safe loading ----------------------------------------------------------------------------
-
-class _RunsCode:
-    """Unpickling this runs a shell command: what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
 
 def _malicious(path: Path, marker: Path) -> Path:
     torch.save({"format": "deit", "model": {"w": torch.zeros(1)}, "config": {}, "epoch": 0,
