@@ -73,18 +73,6 @@ def _check_transformer(model: nn.Module) -> None:
                          f"{type(model).__name__}; attention maps need its transformer blocks")
 
 
-def _attention_probabilities(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax(q kᵀ / √d) of an :class:`~deit.models.layers.Attention` on its input
-    ``x`` (B, N, D), from the module's fused ``qkv`` weights."""
-    B, N, _ = x.shape
-    H, hd = attn.num_heads, attn.head_dim
-    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias)  # (B, N, 3·H·hd), features ordered (3, H, hd)
-    qkv = qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-    q, k = qkv[0], qkv[1]  # (B, H, N, hd) each
-    scores = (q @ k.transpose(-2, -1)) * hd ** -0.5  # (B, H, N, N)
-    return scores.softmax(dim=-1)  # (B, H, N, N)
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode inside the context (no dropout: the attention is deterministic); every
@@ -127,7 +115,7 @@ def _trace(model: nn.Module, x: torch.Tensor, *, attention: bool = True, tokens:
     trace = _Trace()
 
     def record_attention(attn: nn.Module, args: tuple) -> None:
-        trace.attention.append(_attention_probabilities(attn, args[0]))  # args[0]: norm1 output (B, N, D)
+        trace.attention.append(attn.attention_map(args[0]))  # args[0]: norm1 output (B, N, D) -> (B, H, N, N)
 
     def record_input(block: nn.Module, args: tuple) -> None:
         trace.tokens.append(args[0].detach().clone())  # (B, N, D)
