@@ -69,11 +69,12 @@ class ExportHead(nn.Module):
 def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: Sequence[str],
                     outputs: Sequence[str]) -> dict[str, Any]:
     """What a consumer of the exported file needs: preprocessing, class names, outputs."""
-    in_channels = int(data_config.get("in_channels") or getattr(model, "in_channels", 3))
-    image_size = int(data_config.get("image_size") or getattr(model, "image_size", 224))
-    mean = list(data_config.get("mean") or [0.5] * in_channels)
-    std = list(data_config.get("std") or [0.5] * in_channels)
-    if len(mean) == 1 and in_channels == 3:
+    from deit.inference import resolve_preprocessing
+
+    preprocessing = resolve_preprocessing(model, data_config)
+    in_channels, image_size = preprocessing["in_channels"], preprocessing["image_size"]
+    mean, std = preprocessing["mean"], preprocessing["std"]
+    if len(mean) == 1 and in_channels == 3:  # grey statistics replicated, as build_transform does
         mean, std = mean * 3, std * 3
     return {
         "format": "deit-export", "format_version": 1,

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -131,6 +131,17 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     return EvalReport(str(path), dataset, metrics, png, json_path, heads)
 
 
+def resolve_preprocessing(model: nn.Module, data_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``image_size``, ``in_channels``, ``mean``, ``std`` for evaluating ``model``: the
+    checkpoint's ``data_config`` where it has them, else the model's size and channels and
+    0.5 / 0.5 (foreign weights carry no statistics). Shared by prediction and export."""
+    in_channels = int(data_config.get("in_channels") or getattr(model, "in_channels", 3))
+    return {"image_size": int(data_config.get("image_size") or getattr(model, "image_size", 224)),
+            "in_channels": in_channels,
+            "mean": list(data_config.get("mean") or [0.5] * in_channels),
+            "std": list(data_config.get("std") or [0.5] * in_channels)}
+
+
 class Predictor:
     """Top-k classes for image files, with the checkpoint's own preprocessing."""
 
@@ -139,12 +150,9 @@ class Predictor:
 
         self.model = model.eval()
         self.classes = list(classes)
-        self.in_channels = data_config.get("in_channels") or getattr(model, "in_channels", 3)
-        image_size = data_config.get("image_size") or getattr(model, "image_size", 224)
-        mean = data_config.get("mean") or [0.5] * self.in_channels
-        std = data_config.get("std") or [0.5] * self.in_channels
-        self.transform = build_transform(is_train=False, image_size=image_size, in_channels=self.in_channels,
-                                         mean=mean, std=std)
+        preprocessing = resolve_preprocessing(model, data_config)
+        self.in_channels = preprocessing["in_channels"]
+        self.transform = build_transform(is_train=False, **preprocessing)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = False) -> "Predictor":

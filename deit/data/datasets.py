@@ -19,6 +19,7 @@ Built-in names take priority over a directory of the same name (use ``./digits``
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -35,6 +36,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from deit._validation import check_choice
+from deit.data.transforms import load_image
 
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
@@ -163,13 +165,6 @@ class ArrayImageDataset(Dataset):
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
 
-def _decode_rgb(path: str) -> Image.Image:
-    """Decode ``path`` fully (a truncated file fails here, not later in a transform) as RGB."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
-
-
 class FolderDataset(ImageFolder):
     """torchvision's ImageFolder, every image converted to RGB on load.
 
@@ -190,7 +185,8 @@ class FolderDataset(ImageFolder):
 
         check_choice("bad_images", bad_images, BAD_IMAGE_POLICIES)
         try:
-            super().__init__(root, transform=transform, loader=_decode_rgb)
+            # decoded in full by load_image: a truncated file fails here, not later in a transform
+            super().__init__(root, transform=transform, loader=functools.partial(load_image, in_channels=3))
         except FileNotFoundError as err:  # torchvision: "Found no valid file for the classes ..."
             raise DatasetNotFoundError(f"image folder {root}: {err} Every class folder needs at least one "
                                        "image file.") from None
@@ -211,17 +207,15 @@ class FolderDataset(ImageFolder):
                 continue
             try:
                 image = self.loader(path)
-            except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
-                reason = f"{type(err).__name__}: {err}"
+            except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
                 if self.bad_images == "fail":
                     raise CorruptDatasetError(
-                        f"cannot read {path} as an image ({reason}); expected a file Pillow can decode. "
-                        "Remove or replace it, or train with --bad-images skip to skip unreadable files "
+                        f"{err}. Remove or replace it, or train with --bad-images skip to skip unreadable files "
                         "(they are counted in the log)") from None
                 self._bad_paths.add(path)
                 with self._skipped.get_lock():
                     self._skipped.value += 1
-                logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, reason)
+                logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, err)
                 continue
             image = self.transform(image) if self.transform is not None else image
             return image, target
