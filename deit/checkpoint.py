@@ -1,4 +1,4 @@
-"""Reading, adapting, saving and converting weights (issue #2, item 6).
+"""Reading, adapting, saving and converting weights.
 
 Foreign checkpoints are adapted at load time by :func:`adapt_state_dict` — a filter
 function in timm's manner — and never by the model. Accepted inputs:
@@ -8,11 +8,16 @@ function in timm's manner — and never by the model. Accepted inputs:
   checkpoints whose ``args`` is an ``argparse.Namespace``);
 * plain timm state dicts (also with ``module.`` / ``_orig_mod.`` prefixes);
 * HF transformers DeiT (``deit.embeddings.*``, separate query/key/value,
-  ``cls_classifier`` / ``distillation_classifier``), ``.bin`` or ``.safetensors``;
+  ``cls_classifier`` / ``distillation_classifier``), ``.bin`` or ``.safetensors``, and
+  whole ``save_pretrained`` folders whose config.json and preprocessor_config.json are
+  applied (:mod:`deit.checkpoint_hf`);
 * the original facebookresearch ConvNeXt layout (``downsample_layers.*``, ``pwconv1``).
 
-Every read goes through safetensors or ``torch.load(weights_only=True)``: a checkpoint
-can never execute code on load.
+A foreign file's architecture is read off its raw tensor shapes before any adaptation
+(:mod:`deit.checkpoint_infer`), so guessing never resamples. Every read goes through
+safetensors or ``torch.load(weights_only=True)``: a checkpoint can never execute code on
+load. Format version 2 of this library's files adds ``data_config``, ``classes`` and
+``class_ids`` beside the weights; version-1 files load as before.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +40,7 @@ from torch import nn
 logger = logging.getLogger("deit")
 
 FORMAT_NAME = "deit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: data_config / classes / class_ids travel with the weights
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -67,7 +72,27 @@ def find_checkpoint(stem: str, directory: Path | None, *, what: str, hint: str =
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load a checkpoint file safely. Returns ``(object, safetensors_metadata)``."""
+    """Load a checkpoint safely. Returns ``(object, metadata)``.
+
+    ``path`` is a file, or an HF transformers ``save_pretrained`` folder (config.json +
+    model.safetensors / pytorch_model.bin, see :mod:`deit.checkpoint_hf`); the metadata is
+    the safetensors header's, or for HF folders their JSON files as strings.
+    """
+    from deit.checkpoint_hf import hf_folder_of, read_hf_folder
+
+    path = Path(path)
+    folder = hf_folder_of(path) if path.exists() else None
+    if folder is not None:
+        return read_hf_folder(folder, weights=None if path.is_dir() else path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a directory without config.json; expected a file "
+                              f"({', '.join(CHECKPOINT_SUFFIXES)}, .bin) or an HF transformers save_pretrained folder "
+                              "(config.json + model.safetensors or pytorch_model.bin)")
+    return read_checkpoint_file(path)
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load one checkpoint file safely. Returns ``(object, safetensors_metadata)``."""
     path = Path(path)
     if not path.exists():
         raise MissingCheckpointError(f"checkpoint file not found: {path}")
@@ -105,21 +130,48 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return dict(obj), {}
 
 
+def _check_format_version(version: Any, source: str) -> None:
+    """Files of every version up to :data:`FORMAT_VERSION` load (version 1 lacks the
+    preprocessing and class fields, which are then simply absent)."""
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source}: format_version={version!r} is not a number") from None
+    if number > FORMAT_VERSION:
+        raise CheckpointError(f"{source} was written in format version {number} by a newer deit; this version "
+                              f"reads versions up to {FORMAT_VERSION}: upgrade deit (pip install -U deit)")
+
+
+# entries of this library's files besides the weights (format version 2; training checkpoints of any version)
+_FILE_FIELDS = ("data_config", "classes", "class_ids")
+
+
 def extract_state_dict(obj: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
                        source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Find the model weights inside a checkpoint object.
 
-    Returns ``(state_dict, info)`` where ``info`` holds ``model_name`` / ``model_config``
-    when the file was written by this library.
+    Returns ``(state_dict, info)``. ``info`` holds what the file says besides its weights:
+    ``model_name`` / ``model_config`` (this library's files); ``data_config`` (image size,
+    channels, mean, std, crop_pct, interpolation), ``classes`` (display names) and
+    ``class_ids`` where the file has them; for HF folders also ``hf_config`` and
+    ``load_notes``.
     """
+    from deit.checkpoint_hf import HF_FORMAT, hf_info
+
     info: dict[str, Any] = {}
     metadata = dict(metadata or {})
     if metadata.get("format") == FORMAT_NAME:
+        _check_format_version(metadata.get("format_version", 1), source)
         info["model_name"] = metadata.get("model_name") or None
         info["model_config"] = json.loads(metadata["model_config"]) if metadata.get("model_config") else None
+        info.update({k: json.loads(metadata[k]) for k in _FILE_FIELDS if metadata.get(k)})
+    elif metadata.get("format") == HF_FORMAT:
+        info.update(hf_info(metadata))
     if obj.get("format") == FORMAT_NAME:
+        _check_format_version(obj.get("format_version", 1), source)
         info["model_name"] = obj.get("model_name")
         info["model_config"] = obj.get("model_config")
+        info.update({k: obj[k] for k in _FILE_FIELDS if obj.get(k) is not None})
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -292,7 +344,12 @@ def _is_head_key(key: str) -> bool:
 
 @dataclass
 class LoadReport:
-    """What :func:`load_pretrained` did, for logs and tests."""
+    """What :func:`load_pretrained` did, for logs and tests.
+
+    ``info`` is :func:`extract_state_dict`'s (``model_name``, ``model_config``,
+    ``data_config``, ``classes``, ``class_ids``, ``hf_config`` where the file has them);
+    :func:`build_from_checkpoint` adds ``inferred`` (the architecture read off the shapes).
+    """
 
     path: str
     notes: list[str] = field(default_factory=list)
@@ -321,7 +378,10 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
             continue
         if key == "pos_embed":
             prefix = getattr(model, "num_prefix_tokens", 1)
-            old_prefix = prefix if "dist_token" in sd or prefix == 1 else 1
+            old_prefix = 1 + ("dist_token" in sd)  # the file's own class (+ distillation) token rows
+            if old_prefix > prefix:
+                raise CheckpointError("the checkpoint has a distillation token (2 prefix rows in pos_embed) but the "
+                                      "model has none; load it into a distilled variant (*_distilled_*)")
             grid = model.patch_embed.grid_size
             sd[key] = resample_pos_embed(value, grid, prefix, old_prefix, target_prefix=target[key])
             notes.append(f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} (bicubic, prefix rows kept)")
@@ -378,7 +438,12 @@ def load_checkpoint_object(model: nn.Module, obj: Mapping[str, Any], metadata: M
     path = Path(path)
     expected = expected or getattr(model, "model_name", type(model).__name__)
     state_dict, info = extract_state_dict(obj, metadata, source=str(path))
-    report = LoadReport(path=str(path), info=info, checkpoint=obj)
+    report = LoadReport(path=str(path), notes=info.pop("load_notes", []), info=info, checkpoint=obj)
+    hf_eps = (info.get("hf_config") or {}).get("layer_norm_eps", 1e-12 if "hf_config" in info else None)
+    model_eps = getattr(model, "config", {}).get("norm_eps")
+    if hf_eps is not None and model_eps is not None and float(hf_eps) != float(model_eps):
+        report.notes.append(f"config.json has layer_norm_eps={hf_eps} but the model was built with "
+                            f"norm_eps={model_eps}; build_from_checkpoint applies the file's value")
     try:
         sd, keep = adapt_state_dict(state_dict, model, allow_head_reset=allow_head_reset, notes=report.notes)
     except CheckpointError as err:
@@ -423,7 +488,7 @@ def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path``.
 
     A crash (kill -9, power loss) or an IO error (disk full) at any point leaves either the
-    previous ``path`` or the new one, never half a file (issue 5); the temporary file is
+    previous ``path`` or the new one, never half a file; the temporary file is
     removed on an exception.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -459,11 +524,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
-               model_name: str | None = None, model_config: Mapping[str, Any] | None = None) -> Path:
+               model_name: str | None = None, model_config: Mapping[str, Any] | None = None,
+               data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
+               class_ids: Sequence[str] | None = None) -> Path:
     """Write weights in this library's format: ``.safetensors`` or a ``.pth`` dict, atomically.
 
     The file records ``model_name`` and ``model_config`` so that :func:`build_from_checkpoint`
-    can rebuild the model without being told the architecture.
+    can rebuild the model without being told the architecture, and (format version 2)
+    optionally how to feed and read it: ``data_config`` (``image_size``, ``in_channels``,
+    ``mean``, ``std``, ``crop_pct``, ``interpolation``, as timm's ``pretrained_cfg``),
+    ``classes`` (display names in output order) and ``class_ids`` (e.g. WordNet synsets).
+    In safetensors files these are JSON strings of the header metadata.
     """
     path = Path(path)
     if isinstance(model, nn.Module):
@@ -475,52 +546,85 @@ def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.Pat
         identity["model_name"] = model_name
     if model_config is not None:
         identity["model_config"] = dict(model_config)
+    extra = {key: value for key, value in (("data_config", dict(data_config) if data_config else None),
+                                           ("classes", [str(c) for c in classes] if classes else None),
+                                           ("class_ids", [str(c) for c in class_ids] if class_ids else None))
+             if value is not None}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
                     "model_name": identity["model_name"] or "",
-                    "model_config": json.dumps(identity["model_config"] or {})}
+                    "model_config": json.dumps(identity["model_config"] or {}),
+                    **{key: json.dumps(value) for key, value in extra.items()}}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     else:
-        payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **identity, "model": tensors}
+        payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **identity, **extra, "model": tensors}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
 # --- rebuilding and converting ---------------------------------------------------------
 
-def infer_model_name(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
-    """Find the registered model whose layout matches a (timm-layout) state dict.
+def infer_architecture_overrides(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None
+                                 ) -> tuple[str, dict[str, Any], list[str]]:
+    """Registered name and constructor overrides that build a foreign file's model with
+    exactly its shapes (see :mod:`deit.checkpoint_infer`): nothing is resampled while
+    guessing, so a 384 px file builds at 384 px. An HF ``config.json`` adds the head count
+    and ``norm_eps`` (``layer_norm_eps``) and must agree with the shapes.
 
-    Candidates are built on the meta device (no memory, no init cost). Returns
-    ``(name, overrides)`` where overrides may set ``num_classes``.
+    Returns ``(name, overrides, notes)``.
+    Raises:
+        CheckpointError: several registered variants fit (all are named), none can be
+            derived, or config.json contradicts the weights.
     """
-    from deit.models.registry import create_model, list_models
+    from deit.checkpoint_hf import hf_model_overrides
+    from deit.checkpoint_infer import infer_architecture, match_registered
 
-    overrides: dict[str, Any] = {}
-    for head_key in ("head.weight", "head.fc.weight"):
-        if head_key in state_dict:
-            overrides["num_classes"] = int(state_dict[head_key].shape[0])
-    if "head.weight" not in state_dict and "head.fc.weight" not in state_dict:
-        overrides["num_classes"] = 0
-    for name in list_models():
-        kwargs = dict(overrides)
-        with torch.device("meta"):
-            try:
-                model = create_model(name, **kwargs)
-            except ValueError:
-                continue
-        try:
-            sd, keep = adapt_state_dict(state_dict, model, allow_head_reset=False)
-        except CheckpointError:
-            continue
-        target = model.state_dict()
-        if set(sd) == set(target) and all(sd[k].shape == target[k].shape for k in sd) and not keep:
-            return name, kwargs
-    raise CheckpointError("the weights match no registered model exactly; name the architecture "
-                          "(--model NAME, with --num-classes / --image-size if they differ)")
+    sd = to_timm_layout(state_dict)
+    heads, hf_args = hf_model_overrides(hf_config) if hf_config is not None else (None, {})
+    arch = infer_architecture(sd, heads=heads)
+    if hf_args:
+        _check_hf_config_shapes(arch, hf_args)
+    name, overrides, notes = match_registered(arch)
+    if "norm_eps" in hf_args:
+        overrides["norm_eps"] = hf_args["norm_eps"]
+    if not notes:  # an exact match (match_registered explains a nearest-variant build itself)
+        shown = "".join(f", {k}={v}" for k, v in overrides.items())
+        notes.append(f"architecture inferred from the tensor shapes: {name}{shown} ({arch.describe()})")
+    elif hf_args:
+        notes.append(f"norm_eps={hf_args['norm_eps']} (config.json layer_norm_eps)")
+    if arch.distilled and arch.num_classes and "head_dist.weight" not in sd:
+        overrides["return_logits_type"] = "classification"
+        notes.append(_CLASS_HEAD_ONLY)
+    return name, overrides, notes
+
+
+_CLASS_HEAD_ONLY = ("the file has a distillation token but no distillation head (as HF DeiTForImageClassification): "
+                    "the model predicts with the class head alone (return_logits_type='classification')")
+
+
+def _check_hf_config_shapes(arch: Any, hf_args: Mapping[str, Any]) -> None:
+    """config.json and the weights must describe the same model (HF itself would refuse)."""
+    pairs = (("width", "d_model", "hidden_size"), ("depth", "num_encoder_blocks", "num_hidden_layers"),
+             ("mlp_width", "encoder_mlp_d", "intermediate_size"), ("patch_size", "patch_size", "patch_size"),
+             ("image_size", "image_size", "image_size"), ("in_channels", "in_channels", "num_channels"))
+    for field_name, arg, hf_key in pairs:
+        have = getattr(arch, field_name)
+        if have is not None and have != hf_args[arg]:
+            raise CheckpointError(f"config.json says {hf_key}={hf_args[arg]} but the weights have "
+                                  f"{field_name.replace('_', ' ')} {have}: the folder is inconsistent")
+    if arch.width % hf_args["encoder_num_heads"]:
+        raise CheckpointError(f"config.json num_attention_heads={hf_args['encoder_num_heads']} does not divide "
+                              f"the width {arch.width}")
+
+
+def infer_model_name(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None
+                     ) -> tuple[str, dict[str, Any]]:
+    """``(name, overrides)`` of :func:`infer_architecture_overrides`."""
+    name, overrides, _ = infer_architecture_overrides(state_dict, hf_config)
+    return name, overrides
 
 
 def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -536,40 +640,94 @@ def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return found
 
 
+def _named_overrides(model_name: str, state_dict: Mapping[str, torch.Tensor], info: Mapping[str, Any]
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """A foreign file loaded into a named architecture keeps its head, input channels,
+    LayerNorm eps (HF config.json) and, without a distillation head, the class head."""
+    from deit.checkpoint_hf import hf_config_value
+    from deit.checkpoint_infer import registered_architectures
+
+    sd = to_timm_layout(state_dict)
+    config, notes = _shape_overrides(sd), []
+    if "hf_config" in info:
+        config["norm_eps"] = float(hf_config_value(info["hf_config"], "layer_norm_eps"))
+    target = registered_architectures().get(model_name)
+    if target is not None and target.distilled and "dist_token" in sd and "head_dist.weight" not in sd \
+            and "head.weight" in sd:
+        config["return_logits_type"] = "classification"
+        notes.append(_CLASS_HEAD_ONLY)
+    return config, notes
+
+
 def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
                           **overrides: Any) -> tuple[nn.Module, LoadReport]:
-    """Rebuild a model from a checkpoint: our files carry name and config; for foreign
-    files the architecture is ``model_name`` or inferred from the tensor shapes."""
+    """Rebuild a model from a checkpoint file or HF folder.
+
+    This library's files carry name and config. For foreign files the architecture is
+    ``model_name`` (keeping the file's head and channels) or is inferred from the raw
+    tensor shapes (:func:`infer_architecture_overrides`), with an HF folder's config.json
+    applied. ``overrides`` (constructor arguments) win over both; an ``image_size`` other
+    than the file's resamples the position embedding, as asked.
+    """
     from deit.models.registry import create_model
 
     obj, metadata = read_checkpoint(path)
     state_dict, info = extract_state_dict(obj, metadata, source=str(path))
     config: dict[str, Any] = {}
+    notes: list[str] = []
     if model_name is None and info.get("model_name"):
         model_name = info["model_name"]
         config = dict(info.get("model_config") or {})
     if model_name is None:
-        model_name, config = infer_model_name(to_timm_layout(state_dict))
-    elif not config:  # a named architecture for a foreign file: keep its head and input channels
-        config = _shape_overrides(to_timm_layout(state_dict))
+        try:
+            model_name, config, notes = infer_architecture_overrides(state_dict, info.get("hf_config"))
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    elif not config:
+        config, notes = _named_overrides(model_name, state_dict, info)
     config.update(overrides)
     config.pop("teacher_model_name", None)  # a teacher is never part of a weights file
     model = create_model(model_name, **config)
     report = load_checkpoint_object(model, obj, metadata, path)  # the file is read once
+    report.notes[:0] = notes + _fit_file_fields(model, report.info)
+    for note in notes:
+        logger.info("%s: %s", Path(path).name, note)
     return model, report
+
+
+def _fit_file_fields(model: nn.Module, info: dict[str, Any]) -> list[str]:
+    """Class names that no longer fit the head, and an input size that an ``image_size``
+    override changed, are dropped / updated in ``info`` (returned notes say so)."""
+    notes = []
+    classes, num_classes = info.get("classes"), getattr(model, "num_classes", None)
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
+        notes.append(f"the file names {len(classes)} classes but the model has {num_classes} outputs: "
+                     "its class names are not used")
+        info.pop("classes")
+        info.pop("class_ids", None)
+    data_config, image_size = info.get("data_config"), getattr(model, "image_size", None)
+    if data_config and image_size and data_config.get("image_size") not in (None, image_size):
+        notes.append(f"input size {data_config['image_size']} of the file's data_config replaced by the model's "
+                     f"{image_size}")
+        info["data_config"] = {**data_config, "image_size": image_size}
+    return notes
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None,
                        **overrides: Any) -> tuple[Path, str]:
-    """Read any supported checkpoint and write it in this library's format (``.pth`` or
-    ``.safetensors`` by ``dst``'s suffix). Returns ``(dst, model_name)``."""
+    """Read any supported checkpoint (file or HF folder) and write it in this library's
+    format (``.pth`` or ``.safetensors`` by ``dst``'s suffix), carrying the source's
+    ``data_config``, ``classes`` and ``class_ids`` where it has them (an HF folder's
+    preprocessor_config.json and id2label). Returns ``(dst, model_name)``."""
     dst = Path(dst)
     if dst.suffix not in CHECKPOINT_SUFFIXES:
         raise CheckpointError(f"destination {dst} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
     if Path(src).resolve() == dst.resolve():
         raise CheckpointError(f"source and destination are the same file: {dst}")
     model, report = build_from_checkpoint(src, model_name, **overrides)
-    save_model(model, dst)
+    info = report.info
+    save_model(model, dst, data_config=info.get("data_config"), classes=info.get("classes"),
+               class_ids=info.get("class_ids"))
     return dst, model.model_name
 
 
@@ -618,8 +776,10 @@ def save_training_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]
     """Atomically write a training checkpoint (this library's format plus run state).
 
     ``payload`` holds ``model`` (a state dict) and any of optimizer / scheduler / scaler /
-    ema / epoch / rng / config / classes / data_config; everything must be loadable with
-    ``weights_only=True`` (tensors, numbers, strings, lists, dicts, tuples).
+    ema / epoch / rng / config / classes / class_ids / data_config (the fields of
+    :func:`save_model`: ``data_config`` with ``crop_pct`` and ``interpolation`` where
+    known); everything must be loadable with ``weights_only=True`` (tensors, numbers,
+    strings, lists, dicts, tuples).
     """
     path = Path(path)
     full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}

@@ -70,11 +70,16 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if Path(args.model).suffix in (".pth", ".pt", ".safetensors", ".bin"):
-        model, report = build_from_checkpoint(args.model)
+    if Path(args.model).is_dir() or Path(args.model).suffix in (".pth", ".pt", ".safetensors", ".bin"):
+        model, report = build_from_checkpoint(args.model)  # a file, or an HF save_pretrained folder
         print(f"checkpoint: {args.model}")
         for note in report.notes:
             print(f"  note: {note}")
+        classes = report.info.get("classes") or []
+        if classes:
+            print(f"classes: {len(classes)} ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
+        if report.info.get("data_config"):
+            print("preprocessing: " + ", ".join(f"{k}={v}" for k, v in report.info["data_config"].items()))
     else:
         with torch.device("meta"):
             model = create_model(args.model)
@@ -166,12 +171,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
+    """--mean/--std/--crop-pct/--interpolation: preprocessing of a file that records none."""
+    g = p.add_argument_group("preprocessing (default: the checkpoint's own, else its variant's published one)")
+    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="per-channel mean in [0, 1] (1 or 3 values; end the list with -- before image paths)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std in [0, 1] (1 or 3 values)")
+    g.add_argument("--crop-pct", type=float, help="centre-crop fraction: the shorter side is resized to "
+                                                  "image_size / crop_pct, then cropped (official DeiT: 0.875 or 0.9 "
+                                                  "at 224, 1.0 at 384)")
+    g.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"],
+                   help="resize filter")
+
+
+def preprocessing_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {"mean": args.mean, "std": args.std, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from deit.inference import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, model_name=args.model, dataset=args.dataset,
                                  data_dir=args.data_dir, use_ema=args.ema, batch_size=args.batch_size,
-                                 output=args.output)
+                                 output=args.output, overrides=preprocessing_overrides(args),
+                                 bad_images=args.bad_images)
     print(report.format())
     return 0
 
@@ -179,31 +202,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    from deit.inference import find_images
+
+    if args.checkpoint_dir is not None and not args.pretrained:
+        raise ValueError("--checkpoint-dir is where --pretrained looks for published weights: add --pretrained, or "
+                         "give the file itself with --checkpoint FILE")
+    if args.pretrained:  # the variant's published weights: local folder, cache, else download
+        if args.model is None or args.onnx is not None:
+            raise ValueError("--pretrained takes the weights of --model NAME (a registered name; see deit "
+                             "list-models) and does not combine with --onnx")
+        from deit.hub import resolve_pretrained_file
+
+        args.checkpoint = str(resolve_pretrained_file(args.model, checkpoint=args.checkpoint,
+                                                      checkpoint_dir=args.checkpoint_dir))
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint CKPT (PyTorch) or --onnx MODEL.onnx (onnxruntime)")
     if args.onnx is not None:
         from deit.onnx_predict import OnnxPredictor
 
+        if any(v is not None for v in preprocessing_overrides(args).values()):
+            raise ValueError("--mean/--std/--crop-pct/--interpolation apply to --checkpoint; an --onnx file "
+                             "carries its preprocessing (set them at deit export)")
         predictor = OnnxPredictor(args.onnx)
     else:
         from deit.inference import Predictor
 
-        predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema)
-    results = predictor.predict_files(args.images, topk=args.topk)
+        predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model,
+                                              overrides=preprocessing_overrides(args))
+    found = find_images(args.images)
+    readable = predictor.predict_files([path for path, error in found if error is None], topk=args.topk,
+                                       batch_size=args.batch_size)
+    predicted = iter(readable)
+    results = [next(predicted) if error is None else {"image": path, "error": error} for path, error in found]
+    for item in results:
+        if "error" in item:
+            print(f"deit predict: error: {item['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for item in results:
-            ranked = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"])
-            print(f"{item['image']}: {ranked}")
-    return 0
+            if "top" in item:
+                ranked = "; ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"])
+                print(f"{item['image']}: {ranked}")
+    return 1 if any("error" in item for item in results) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from deit.export import export_checkpoint
 
     report = export_checkpoint(args.checkpoint, args.output, head=args.head, fmt=args.format, use_ema=args.ema,
-                               opset=args.opset, atol=args.atol, data_dir=args.data_dir, verify=not args.no_verify)
+                               opset=args.opset, atol=args.atol, data_dir=args.data_dir, verify=not args.no_verify,
+                               overrides=preprocessing_overrides(args))
     meta = report["metadata"]
     print(f"wrote {report['path']}: {meta['model_name']}, input images (batch, {meta['in_channels']}, "
           f"{meta['image_size']}, {meta['image_size']}), outputs {', '.join(meta['outputs'])}, "
@@ -273,9 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model (with or without a teacher); torchrun-aware",
-                       description="Train a model. Settings come from the defaults (the paper's recipe), then "
-                                   "--config FILE.yaml, then these flags. Under torchrun it trains with DDP.")
-    p.add_argument("--config", help="YAML file of settings (keys as the flags, with underscores)")
+                       description="Train a model. Settings come from the defaults (the paper's recipe, Table 9 "
+                                   "of Touvron et al. 2021, and the official main.py), then --config FILE.yaml, then "
+                                   "these flags. Under torchrun it trains with DDP. The learning rate actually used "
+                                   "is --lr x effective batch / 512; the run prints it at the start.")
+    p.add_argument("--config", help="YAML file of settings (keys as the flags, with underscores; the run writes "
+                                    "its resolved settings as <output>/config.yaml)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -288,16 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", help="folder for confusion_matrix.png and eval.json (default: beside the checkpoint)")
+    p.add_argument("--bad-images", default="fail", choices=["fail", "skip"],
+                   help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning")
+    add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 classes with names for image files")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--checkpoint", help="checkpoint written by deit train")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...), folders (searched recursively) or globs ('photos/*.jpg')")
+    p.add_argument("--checkpoint", help="checkpoint written by deit train, or official / timm / HF weights")
+    p.add_argument("--model", help="architecture, for foreign weights files (default: inferred from the shapes)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the published weights of --model: from --checkpoint-dir / $DEIT_CHECKPOINT_DIR, the "
+                        "download cache ($DEIT_CACHE), else downloaded and verified (docs/models.md)")
+    p.add_argument("--checkpoint-dir", help="folder holding published weight files for --pretrained "
+                                            "(default: $DEIT_CHECKPOINT_DIR)")
     p.add_argument("--onnx", help="instead of --checkpoint: a file written by deit export (runs with onnxruntime, "
                                   "without the library's model code)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (an unreadable file gives "
+                                                       "{\"image\": ..., \"error\": ...}); exit code 1 if any failed")
+    add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified against PyTorch",
@@ -314,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance on logits")
     p.add_argument("--data-dir", help="data folder for IDX-file data sets (real-image verification)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("visualize", help="attention rollout of the cls and dist tokens over images; cls/dist "
@@ -363,13 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="the model-zoo table of docs/models.md")
     p.set_defaults(func=cmd_list_models)
 
-    p = sub.add_parser("info", help="describe a registered model or a checkpoint file")
-    p.add_argument("model", help="registered model name or checkpoint path")
+    p = sub.add_parser("info", help="describe a registered model, a checkpoint file or an HF save_pretrained folder")
+    p.add_argument("model", help="registered model name, checkpoint path or HF folder (config.json + weights)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="convert official DeiT / timm / HF / safetensors weights to this "
                                        "library's format (.pth or .safetensors by DST's suffix)")
-    p.add_argument("src", help="source checkpoint")
+    p.add_argument("src", help="source checkpoint file, or an HF save_pretrained folder (its preprocessing and "
+                               "labels are carried over)")
     p.add_argument("dst", help="destination file (.pth, .pt or .safetensors)")
     p.add_argument("--model", help="registered architecture (inferred from the weights when omitted)")
     p.add_argument("--num-classes", type=int, help="number of classes (head re-initialised if it differs)")

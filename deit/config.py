@@ -9,6 +9,7 @@ CutMix 1.0 with switch probability 0.5, repeated augmentation x3, EMA 0.99996.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +33,9 @@ class TrainConfig:
     # --- teacher and distillation (paper §4) -----------------------------------------------
     teacher_model: str | None = None  # "ConvNeXt", a registered name, "timm:<name>"
     teacher_checkpoint: str | None = None
+    teacher_pretrained: bool = False  # the teacher's published weights (deit.hub lookup of its name)
+    teacher_mean: list[float] | None = None  # None: the teacher checkpoint's / pretrained cfg's, else the data's
+    teacher_std: list[float] | None = None
     distillation_type: str = "none"  # none | soft | hard
     distillation_alpha: float | None = None  # None: 0.1 soft, 0.5 hard (paper)
     distillation_tau: float | None = None  # None: 3.0 (paper)
@@ -84,7 +88,14 @@ class TrainConfig:
 
     # ---------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` naming the first invalid field and what it accepts."""
+        """Raise ``ValueError`` naming the first invalid field, what it accepts, and the
+        ``deit train`` flag and YAML key that set it (:func:`name_flag`)."""
+        try:
+            return self._validate()
+        except ValueError as err:
+            raise ValueError(name_flag(str(err))) from None
+
+    def _validate(self) -> "TrainConfig":
         def positive_int(name: str) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -106,9 +117,6 @@ class TrainConfig:
             raise ValueError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected an integer >= 0")
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs} "
-                             "(the cosine schedule follows the warm-up)")
         for name in ("lr", "min_lr", "warmup_lr"):
             in_range(name, 0.0, 10.0)
         if self.lr <= 0:
@@ -128,13 +136,25 @@ class TrainConfig:
         if (not isinstance(self.scale, (tuple, list)) or len(self.scale) != 2
                 or not 0 < self.scale[0] <= self.scale[1] <= 1):
             raise ValueError(f"scale={self.scale!r} is invalid; expected two numbers 0 < min <= max <= 1")
-        check_choice("distillation_type", self.distillation_type, ("none", "soft", "hard"))
-        check_choice("kl_reduction", self.kl_reduction, ("batchmean", "official"))
-        check_choice("bad_images", self.bad_images, ("fail", "skip"))
-        check_choice("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
+        for name, allowed in CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
-            raise ValueError(f"distillation_type={self.distillation_type!r} needs a teacher: set teacher_model "
-                             "(e.g. 'ConvNeXt') and its checkpoint, or use distillation_type='none'")
+            raise ValueError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
+                             "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
+        for name in ("teacher_mean", "teacher_std"):
+            values = getattr(self, name)
+            if values is not None and (not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
+                raise ValueError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel of "
+                                 "the teacher's input, in the units of pixels scaled to [0, 1])")
+        if self.teacher_pretrained and not self.teacher_model:
+            raise ValueError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
+                             "with published weights, or drop --teacher-pretrained")
+        if (self.teacher_mean is None) != (self.teacher_std is None):
+            raise ValueError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
+                             "(--teacher-mean and --teacher-std) or neither")
+        if self.teacher_std is not None and min(self.teacher_std) <= 0:
+            raise ValueError(f"teacher_std={self.teacher_std!r} is invalid; expected standard deviations > 0")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device={self.device!r} is invalid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not isinstance(self.model, str) or not self.model:
@@ -151,6 +171,136 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+# --- what each setting means: the one source of `deit train --help` and of choice checks ----
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "distillation_type": ("none", "soft", "hard"),
+    "kl_reduction": ("batchmean", "official"),
+    "bad_images": ("fail", "skip"),
+    "amp_dtype": ("bfloat16", "float16"),
+}
+"""Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""
+
+GROUPS: dict[str, str] = {
+    "model": "the student network",
+    "distillation": "teacher and distillation (paper §4)",
+    "data": "data set and loading",
+    "optimisation": "optimiser, schedule and weight averaging (paper Table 9; official main.py)",
+    "augmentation": "augmentation and regularisation of the inputs (paper Table 9)",
+    "run": "run directory, resuming, device and numerics",
+}
+"""``deit train --help`` sections, in order: group -> description."""
+
+HELP: dict[str, tuple[str, str]] = {
+    # group, help; "(paper: …)" marks a default that is the paper's value (Touvron et al. 2021)
+    "model": ("model", "registered architecture of the student (`deit list-models`), e.g. "
+                       "deit_tiny_distilled_patch16_224 (paper Table 1)"),
+    "num_classes": ("model", "number of classes; none: the data set's"),
+    "image_size": ("model", "input side in pixels; none: the data set's native size (image folders: the model's "
+                            "own, 224 for the paper's models)"),
+    "in_channels": ("model", "input channels, 1 or 3; none: the data set's (grey data sets and folders of grey "
+                             "images: 1; 3 replicates the grey channel)"),
+    "drop_path": ("model", "stochastic depth rate, rising linearly over the blocks (paper: 0.1, Table 9)"),
+    "finetune": ("model", "start from these weights: a file (any supported format, docs/models.md), a "
+                          "registered name meaning its published weights, or a URL (downloaded into the verified "
+                          "cache); the position embedding is resampled to --image-size, a head of another size "
+                          "re-initialised"),
+    "teacher_model": ("distillation", "teacher architecture: 'ConvNeXt', a registered name or 'timm:<name>' "
+                                      "(the paper's best teacher is a RegNetY-16GF convnet, Table 2)"),
+    "teacher_checkpoint": ("distillation", "weights file of the teacher: written by deit train, save_model, timm "
+                                           "(a state dict) or an official release"),
+    "teacher_pretrained": ("distillation", "load the teacher's published weights (registered names with published "
+                                           "weights, docs/models.md): checkpoint folder, download cache, else "
+                                           "downloaded and verified; --teacher-checkpoint wins when given"),
+    "teacher_mean": ("distillation", "per-channel mean (1 or 3 values in [0, 1]) the teacher was trained with; "
+                                     "none: its checkpoint's data_config, else its published weights' "
+                                     "configuration, else the student's. Inputs are re-normalised for the teacher "
+                                     "when it differs (as timm's distillation task)"),
+    "teacher_std": ("distillation", "per-channel std the teacher was trained with (see --teacher-mean)"),
+    "distillation_type": ("distillation", "objective of the distillation head: none, soft (KL to the teacher's "
+                                          "softened output) or hard (cross-entropy to the teacher's argmax, the "
+                                          "paper's best, Table 3)"),
+    "distillation_alpha": ("distillation", "lambda, weight of the distillation term; none: the paper's 0.1 for "
+                                           "soft and 0.5 for hard (§4; the official code's flag defaults to 0.5)"),
+    "distillation_tau": ("distillation", "tau, temperature of soft distillation; none: the paper's 3.0 (§4; the "
+                                         "official code's flag defaults to 1.0)"),
+    "kl_reduction": ("distillation", "reduction of the soft KL term: batchmean (per sample, the KL's definition) "
+                                     "or official (divided by batch x classes, as the official losses.py)"),
+    "dataset": ("data", "digits, fashion-mnist, mnist, or the path of an image folder holding train/ and val/ "
+                        "with one sub-folder per class"),
+    "data_dir": ("data", "folder with the four IDX files: required for mnist; for fashion-mnist none means "
+                         "the Debian package's /usr/share/datasets/fashion-mnist"),
+    "train_subset": ("data", "train on N images only, a class-stratified choice seeded by --seed that keeps the "
+                             "class proportions (budgeted runs)"),
+    "val_subset": ("data", "evaluate on N validation images spread evenly over the set (budgeted runs)"),
+    "num_workers": ("data", "data-loader worker processes; 0 loads in the training process (best with 2 cores)"),
+    "bad_images": ("data", "image folders: fail on an unreadable file, naming it, or skip it, counted in the log"),
+    "epochs": ("optimisation", "training epochs (paper: 300, Table 9)"),
+    "batch_size": ("optimisation", "images per process and step; the effective batch is batch-size x "
+                                   "accum-steps x processes (paper: 1024, Table 9)"),
+    "accum_steps": ("optimisation", "steps whose gradients are summed per update, so the effective batch does "
+                                    "not depend on memory"),
+    "lr": ("optimisation", "peak learning rate for an effective batch of 512 (paper: 5e-4, Table 9); the run "
+                           "uses lr x effective batch / 512, the paper's rule (Table 9: 0.0005 x batchsize / 512; "
+                           "official main.py), and prints that value at the start"),
+    "min_lr": ("optimisation", "learning rate at the end of the cosine decay (official main.py: 1e-5)"),
+    "warmup_lr": ("optimisation", "learning rate at the start of the linear warm-up (official main.py: 1e-6)"),
+    "warmup_epochs": ("optimisation", "epochs of linear warm-up before the cosine decay (paper: 5, Table 9); a "
+                                      "run of no more epochs warms up for epochs - 1, with a notice"),
+    "weight_decay": ("optimisation", "AdamW weight decay, not applied to biases, norms, tokens and position "
+                                     "embedding (paper: 0.05, Table 9)"),
+    "clip_grad": ("optimisation", "maximum gradient norm; none: no clipping (paper: none, Table 9)"),
+    "model_ema": ("optimisation", "keep an exponential moving average of the weights, evaluated and saved every "
+                                  "epoch (official main.py: on)"),
+    "model_ema_decay": ("optimisation", "EMA decay per update (official main.py: 0.99996)"),
+    "auto_augment": ("augmentation", "timm RandAugment policy, or none (paper: rand-m9-mstd0.5-inc1, Table 9)"),
+    "color_jitter": ("augmentation", "colour jitter strength, applied only when --auto-augment is none "
+                                     "(official main.py: 0.3)"),
+    "reprob": ("augmentation", "random erasing probability (paper: 0.25, Table 9)"),
+    "hflip": ("augmentation", "horizontal flip probability; none: 0.5, or 0 for data sets where a mirror image "
+                              "is another class (digits, mnist)"),
+    "scale": ("augmentation", "area range of the random resized crop (official main.py: 0.08 1.0)"),
+    "mixup": ("augmentation", "Mixup alpha, 0 turns it off (paper: 0.8, Table 9)"),
+    "cutmix": ("augmentation", "CutMix alpha, 0 turns it off (paper: 1.0, Table 9)"),
+    "mixup_prob": ("augmentation", "probability of mixing a batch with Mixup or CutMix (official main.py: 1.0)"),
+    "mixup_switch_prob": ("augmentation", "probability of CutMix rather than Mixup when both are on (official "
+                                          "main.py: 0.5)"),
+    "smoothing": ("augmentation", "label smoothing (paper: 0.1, Table 9)"),
+    "repeated_aug": ("augmentation", "repeated augmentation: differently augmented copies of each image per "
+                                     "epoch, 1 turns it off (paper: 3, Table 9)"),
+    "amp": ("run", "mixed precision: bf16 autocast on CPU; bf16 or fp16 (with a gradient scaler) on CUDA"),
+    "amp_dtype": ("run", "autocast dtype of --amp"),
+    "compile": ("run", "torch.compile the student (pays off on CUDA; on CPU compiling takes about a minute)"),
+    "output": ("run", "run directory: config.yaml, last.pth, best.pth, metrics.csv, curves.png, summary.json"),
+    "seed": ("run", "random seed of the sample order, augmentations, initial weights and --train-subset"),
+    "deterministic": ("run", "deterministic kernels only (CUDA); CPU runs are reproducible without it"),
+    "device": ("run", "auto (CUDA if available), cpu, cuda or cuda:N"),
+    "resume": ("run", "continue the run in --output from its last.pth"),
+    "eval_interval": ("run", "evaluate every N epochs (the last epoch is always evaluated)"),
+    "stop_after_epochs": ("run", "end this invocation after N epochs (time-limited job slots); continue later "
+                                 "with --resume"),
+    "progress": ("run", "progress bars"),
+}
+"""Per setting: its ``--help`` group (a key of :data:`GROUPS`) and description. The flag
+of field ``name`` is ``--name-with-dashes``; booleans also have ``--no-name``."""
+
+_METAVARS = {"device": "{auto,cpu,cuda,cuda:N}"}
+
+
+def flag(name: str) -> str:
+    """The ``deit train`` flag of setting ``name``: ``warmup_epochs`` -> ``--warmup-epochs``."""
+    return "--" + name.replace("_", "-")
+
+
+def name_flag(message: str) -> str:
+    """``message`` about a setting (starting ``name=value``, optionally after ``source: ``)
+    with the flag and YAML key that set it appended, for command-line and YAML users alike."""
+    match = re.match(r"(?:[^=\s]+: )?(\w+)=", message)
+    if match is None or match.group(1) not in FIELD_NAMES or flag(match.group(1)) in message:
+        return message
+    name = match.group(1)
+    return f"{message} (set by {flag(name)}, or {name}: in a --config file)"
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -176,6 +326,15 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
     values = dict(data)
     if "scale" in values and isinstance(values["scale"], list):
         values["scale"] = tuple(values["scale"])
+    try:
+        _check_types(values, source)
+    except ValueError as err:
+        raise ValueError(name_flag(str(err))) from None
+    return TrainConfig(**values).validate()
+
+
+def _check_types(values: dict[str, Any], source: str) -> None:
+    """YAML values of the field's type (ints accepted for floats, converted in place)."""
     for name, value in values.items():
         base, optional = _unwrap_optional(field_types()[name])
         if value is None:
@@ -190,7 +349,6 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
             raise ValueError(f"{source}: {name}={value!r} is invalid; expected true or false")
         if base is int and isinstance(value, bool):
             raise ValueError(f"{source}: {name}={value!r} is invalid; expected an integer")
-    return TrainConfig(**values).validate()
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -228,27 +386,51 @@ def _parse_optional(base: type):
     return parse
 
 
+def _help_text(name: str, default: Any) -> str:
+    """The ``--help`` line of a setting: its description and default (argparse %-escaped)."""
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif default is None:
+        shown = "none"
+    elif isinstance(default, tuple):
+        shown = " ".join(str(v) for v in default)
+    else:
+        shown = str(default)
+    return f"{HELP[name][1] if name in HELP else ''} (default: {shown})".strip().replace("%", "%%")
+
+
 def add_config_arguments(parser) -> None:
-    """One ``--flag`` per field (``--batch-size``, ``--no-amp`` …); unset flags stay absent so
-    that a YAML file's values are not overwritten by defaults."""
+    """One ``--flag`` per field (``--batch-size``, ``--no-amp`` …), in the argument groups of
+    :data:`GROUPS`, each with its :data:`HELP` text, default and choices. Unset flags stay
+    absent so that a YAML file's values are not overwritten by defaults. Choices are shown
+    as the metavar and checked by ``TrainConfig.validate`` (one message format for flags
+    and YAML)."""
     import argparse
 
+    groups = {key: parser.add_argument_group(key, text) for key, text in GROUPS.items()}
+    defaults = TrainConfig()
+    group_key = "model"
     for name, annotation in field_types().items():
         if name == "extra":
             continue
-        flag = "--" + name.replace("_", "-")
+        group_key = HELP[name][0] if name in HELP else group_key  # a field without help: its neighbour's group
+        group = groups[group_key]
         base, optional = _unwrap_optional(annotation)
-        default = getattr(TrainConfig(), name)
-        help_text = f"(default: {default!r})"
+        help_text = _help_text(name, getattr(defaults, name))
         if base is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
         elif typing.get_origin(base) is tuple:
-            parser.add_argument(flag, dest=name, type=float, nargs=2, metavar=("MIN", "MAX"),
-                                default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(flag(name), dest=name, type=float, nargs=2, metavar=("MIN", "MAX"),
+                               default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(base) is list:
+            group.add_argument(flag(name), dest=name, type=float, nargs="+", metavar="V",
+                               default=argparse.SUPPRESS, help=help_text)
         else:
             parse = _parse_optional(base) if optional else base
-            parser.add_argument(flag, dest=name, type=parse, default=argparse.SUPPRESS, help=help_text)
+            metavar = "{" + ",".join(CHOICES[name]) + "}" if name in CHOICES else _METAVARS.get(name)
+            group.add_argument(flag(name), dest=name, type=parse, default=argparse.SUPPRESS, metavar=metavar,
+                               help=help_text)
 
 
 def overrides_from_args(args) -> dict[str, Any]:

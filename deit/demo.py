@@ -39,7 +39,7 @@ class Schedule:
     student_lr: float = 2e-3
 
     def describe(self) -> str:
-        images = "all 60,000" if self.train_subset is None else f"the first {self.train_subset:,}"
+        images = "all 60,000" if self.train_subset is None else f"a class-stratified {self.train_subset:,}"
         return (f"{self.name} schedule: {images} training images, teacher {self.teacher_epochs} epochs, "
                 f"students {self.student_epochs} epochs each, evaluated on the 10,000 test images")
 

@@ -2,7 +2,9 @@
 
 The teacher runs in eval mode under ``torch.inference_mode`` on exactly the augmented,
 mixed batch the student sees (inside :meth:`deit.models.deit.DeiT.forward`, or inside
-:class:`deit.losses.DistillationLoss` for a single-head student).
+:class:`deit.losses.DistillationLoss` for a single-head student); its logits, there and in
+the teacher agreement of :func:`evaluate`, come from
+:func:`deit.models.teacher_output.teacher_logits`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 from deit import distributed
 from deit.losses import DistillationLoss
 from deit.models.deit import DeiT
+from deit.models.teacher_output import teacher_logits
 
 
 class NonFiniteLossError(RuntimeError):
@@ -180,7 +183,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
                            "": (cls_logits.float() + dist_logits.float()) / 2}
             else:
                 outputs = {"": net(images).float()}
-            teacher_pred = teacher(images).argmax(dim=1) if teacher is not None else None
+            teacher_pred = None if teacher is None else \
+                teacher_logits(teacher, images, outputs[""].shape[1]).argmax(dim=1)  # (B,)
         for head, logits in outputs.items():
             top1, top5 = _topk_correct(logits, targets, 5)
             counters[f"{head}top1"] += top1

@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX or TorchScript, verified against PyTorch (issue 6, item 1).
+"""Export a trained model to ONNX or TorchScript, verified against PyTorch.
 
 The exported graph is the *student* only (the teacher is a training-time companion) and
 returns, for a DeiT, the head chosen with ``head``: ``"fusion"`` (mean of the two heads'
@@ -8,7 +8,7 @@ is dynamic.
 
 Everything needed to use the file without this library travels inside it (ONNX
 ``metadata_props`` / TorchScript ``_extra_files["deit.json"]``): model name, image size,
-channels, mean/std, resize/crop rule, class names and output names — see
+channels, mean/std, resize/crop rule (``crop_pct``, ``interpolation``), class names and output names — see
 :func:`export_metadata`. :mod:`deit.onnx_predict` reads them to classify images with
 onnxruntime alone.
 """
@@ -27,6 +27,7 @@ from torch import nn
 
 from deit._validation import check_choice
 from deit.checkpoint import atomic_write
+from deit.preprocessing import PREPROCESSING_KEYS
 
 __all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_model", "verify_export"]
 
@@ -66,40 +67,48 @@ class ExportHead(nn.Module):
         return {"cls": cls_logits, "dist": dist_logits, "fusion": fusion}[self.head]
 
 
-def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: Sequence[str],
-                    outputs: Sequence[str]) -> dict[str, Any]:
-    """What a consumer of the exported file needs: preprocessing, class names, outputs."""
-    from deit.inference import resolve_preprocessing
+def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: Sequence[str] | None,
+                    outputs: Sequence[str], overrides: Mapping[str, Any] | None = None,
+                    class_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """What a consumer of the exported file needs: preprocessing (resolved by
+    :func:`deit.preprocessing.resolve_preprocessing`, as ``deit predict`` does), class names
+    (and ids where the label set has them), outputs."""
+    from deit.preprocessing import resolve_labels, resolve_preprocessing
 
-    preprocessing = resolve_preprocessing(model, data_config)
-    in_channels, image_size = preprocessing["in_channels"], preprocessing["image_size"]
-    mean, std = preprocessing["mean"], preprocessing["std"]
-    if len(mean) == 1 and in_channels == 3:  # grey statistics replicated, as build_transform does
-        mean, std = mean * 3, std * 3
-    return {
-        "format": "deit-export", "format_version": 1,
+    preprocessing = resolve_preprocessing(model, data_config, overrides)
+    names, ids = resolve_labels(model, classes, class_ids)
+    in_channels = preprocessing["in_channels"]
+    metadata = {
+        "format": "deit-export", "format_version": 2,
         "model_name": getattr(model, "model_name", None) or type(model).__name__,
-        "image_size": image_size, "in_channels": in_channels,
+        "image_size": preprocessing["image_size"], "in_channels": in_channels,
         "color_mode": "L" if in_channels == 1 else "RGB",
-        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-        # the evaluation transform (deit.data.build_transform): shorter side to image_size
-        # (bicubic), centre crop image_size x image_size, /255, (x - mean) / std, NCHW float32
-        "resize": "shorter_side", "interpolation": "bicubic", "crop": "center", "crop_pct": 1.0,
-        "classes": [str(c) for c in classes],
+        "mean": [float(v) for v in preprocessing["mean"]], "std": [float(v) for v in preprocessing["std"]],
+        # the evaluation transform (deit.data.build_transform, timm's): shorter side to
+        # floor(image_size / crop_pct) with `interpolation`, centre crop image_size x image_size
+        # (crop_mode "squash": both sides resized), /255, (x - mean) / std, NCHW float32
+        "resize": "shorter_side", "interpolation": preprocessing["interpolation"], "crop": "center",
+        "crop_pct": preprocessing["crop_pct"], "crop_mode": preprocessing["crop_mode"],
+        "classes": names,
         "outputs": list(outputs), "input": "images",
     }
+    if any(i is not None for i in ids):
+        metadata["class_ids"] = ids
+    return metadata
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, head: str = "fusion",
                  data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
-                 opset: int = 18, batch_size: int = 2) -> tuple[Path, dict[str, Any]]:
+                 opset: int = 18, batch_size: int = 2, overrides: Mapping[str, Any] | None = None,
+                 class_ids: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Write ``model`` as ONNX (``.onnx``) or TorchScript (``.pt``/``.ts``/``.torchscript``).
 
     Args:
         fmt: ``"onnx"`` or ``"torchscript"``; default from the suffix.
         head: see the module docstring.
         data_config / classes: what :func:`deit.inference.load_for_inference` returns for a
-            checkpoint; recorded as metadata.
+            checkpoint; recorded as metadata (``classes=None``: the variant's labels).
+        overrides: preprocessing settings given by the user (``--mean`` ...).
         batch_size: batch of the example input used to trace (the batch axis stays dynamic).
 
     Returns ``(path, metadata)``. The file is written atomically.
@@ -113,8 +122,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None =
     check_choice("fmt", fmt, EXPORT_FORMATS)
     wrapper = ExportHead(model, head)
     data_config = dict(data_config or {})
-    metadata = export_metadata(model, data_config, classes or [str(i) for i in range(model.num_classes)],
-                               wrapper.output_names)
+    metadata = export_metadata(model, data_config, classes, wrapper.output_names, overrides, class_ids)
     example = torch.randn(batch_size, metadata["in_channels"], metadata["image_size"], metadata["image_size"])
     if fmt == "onnx":
         atomic_write(path, lambda tmp: _write_onnx(wrapper, example, tmp, metadata, opset))
@@ -210,18 +218,17 @@ def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tenso
 
 
 
-def real_images(data_config: Mapping[str, Any], count: int = 8, data_dir: str | None = None) -> torch.Tensor | None:
-    """``count`` validation images of the checkpoint's data set, preprocessed as for
-    evaluation (B, C, H, W); ``None`` when the data set is not available here."""
+def real_images(data_config: Mapping[str, Any], metadata: Mapping[str, Any], count: int = 8,
+                data_dir: str | None = None) -> torch.Tensor | None:
+    """``count`` validation images of the checkpoint's data set, preprocessed as the export's
+    ``metadata`` says (B, C, H, W); ``None`` when the data set is not available here."""
     from deit.data import build_transform, load_dataset
     from deit.data.datasets import DatasetNotFoundError
 
     dataset = data_config.get("dataset")
-    if not dataset or not data_config.get("mean"):
+    if not dataset:
         return None
-    transform = build_transform(is_train=False, image_size=int(data_config["image_size"]),
-                                in_channels=int(data_config["in_channels"]), mean=data_config["mean"],
-                                std=data_config["std"])
+    transform = build_transform(is_train=False, **{k: metadata[k] for k in PREPROCESSING_KEYS})
     try:
         val = load_dataset(dataset, "val", data_dir, transform=transform)
     except (DatasetNotFoundError, ValueError):
@@ -232,16 +239,17 @@ def real_images(data_config: Mapping[str, Any], count: int = 8, data_dir: str | 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, head: str = "fusion",
                       fmt: str | None = None, use_ema: bool = False, opset: int = 18, atol: float = 1e-4,
-                      data_dir: str | None = None, verify: bool = True) -> dict[str, Any]:
+                      data_dir: str | None = None, verify: bool = True,
+                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``deit export``: checkpoint -> ONNX/TorchScript file, verified on random images (a batch
     size other than the traced one, so the dynamic axis is exercised) and on real images of
     the checkpoint's data set when it is available. Returns a report dict."""
     from deit.inference import load_for_inference
 
     model, meta = load_for_inference(checkpoint, use_ema=use_ema)
-    classes = meta["classes"] or [str(i) for i in range(model.num_classes)]
     path, metadata = export_model(model, output, fmt=fmt, head=head, data_config=meta["data_config"],
-                                  classes=classes, opset=opset)
+                                  classes=meta["classes"], opset=opset, overrides=overrides,
+                                  class_ids=meta["class_ids"])
     report: dict[str, Any] = {"path": str(path), "metadata": metadata, "max_abs_diff": {}}
     if verify:
         generator = torch.Generator().manual_seed(0)
@@ -249,7 +257,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         random = torch.randn(5, channels, size, size, generator=generator)  # (5, C, H, W)
         try:
             report["max_abs_diff"]["random"] = verify_export(path, model, random, head=head, atol=atol)
-            real = real_images(meta["data_config"], data_dir=data_dir)
+            real = real_images(meta["data_config"], metadata, data_dir=data_dir)
             if real is not None:
                 report["max_abs_diff"]["real"] = verify_export(path, model, real, head=head, atol=atol)
         except AssertionError as err:

@@ -1,11 +1,14 @@
 """Using a trained checkpoint: evaluation (``deit eval``) and prediction (``deit predict``).
 
 A checkpoint written by ``deit train`` records the architecture, the class names and the
-preprocessing (``data_config``: data set, image size, channels, mean, std), so neither
-command needs to be told them again.
+preprocessing (``data_config``: data set, image size, channels, mean, std, crop_pct,
+interpolation), so neither command needs to be told them again; a foreign file (official
+release, timm, HF folder) predicts with its variant's published preprocessing and label
+names (:mod:`deit.preprocessing`).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,18 +19,28 @@ import torch
 from torch import nn
 
 from deit.checkpoint import CheckpointError, build_from_checkpoint
+from deit.preprocessing import resolve_labels, resolve_preprocessing, variant_config
+
+__all__ = ["EvalReport", "IMAGE_EXTENSIONS", "Predictor", "evaluate_checkpoint", "find_images", "load_for_inference",
+           "resolve_preprocessing"]
 
 
 def load_for_inference(path: str | os.PathLike, *, model_name: str | None = None, use_ema: bool = False
                        ) -> tuple[nn.Module, dict[str, Any]]:
-    """Model in eval mode (no teacher) and the checkpoint's metadata (classes, data_config)."""
+    """Model in eval mode (no teacher) and the checkpoint's metadata: ``classes``,
+    ``class_ids`` and ``data_config`` recorded by ``deit train`` / ``save_model``, or read from
+    an HF folder's ``id2label`` and ``preprocessor_config.json``; empty where the file says
+    nothing."""
     model, report = build_from_checkpoint(path, model_name)
     obj = report.checkpoint
     if use_ema:
         if obj.get("ema") is None:
-            raise CheckpointError(f"{path} holds no EMA weights (trained with --no-model-ema?)")
+            raise CheckpointError(f"{path} holds no EMA weights (trained with --no-model-ema?); drop --ema")
         model.load_state_dict(obj["ema"])
-    meta = {"classes": obj.get("classes"), "data_config": obj.get("data_config") or {}}
+    info = report.info  # this library's fields, or what an HF folder's configs say
+    meta = {"classes": info.get("classes") or obj.get("classes"),
+            "class_ids": info.get("class_ids") or obj.get("class_ids"),
+            "data_config": dict(info.get("data_config") or obj.get("data_config") or {})}
     return model.eval(), meta
 
 
@@ -87,25 +100,29 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
 
 def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = None, dataset: str | None = None,
                         data_dir: str | None = None, use_ema: bool = False, batch_size: int = 256,
-                        output: str | os.PathLike | None = None) -> EvalReport:
-    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-    from deit.engine import evaluate
-    from deit.models.deit import DeiT
+                        output: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                        bad_images: str = "fail") -> EvalReport:
+    """``deit eval``: top-1/top-5 per head on the validation split, a confusion matrix PNG
+    and a JSON report. The images are preprocessed by :func:`resolve_preprocessing`; for a
+    file that records nothing and is no published variant, with the data set's own
+    statistics (what ``deit train`` would record for it). ``bad_images`` is the image-folder
+    policy of ``deit train`` (``fail`` or ``skip``)."""
+    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
 
     model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
     data_config = meta["data_config"]
     dataset = dataset or data_config.get("dataset")
     if not dataset:
         raise ValueError(f"{path} does not record its data set: pass --dataset")
-    image_size = data_config.get("image_size") or getattr(model, "image_size", 224)
-    in_channels = data_config.get("in_channels") or getattr(model, "in_channels", 3)
-    if data_config.get("mean"):
-        mean, std = data_config["mean"], data_config["std"]
-    else:
-        mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir))
-        mean, std = stats_for_channels(mean, in_channels), stats_for_channels(std, in_channels)
-    transform = build_transform(is_train=False, image_size=image_size, in_channels=in_channels, mean=mean, std=std)
-    val_set = load_dataset(dataset, "val", data_dir, transform=transform)
+    fallback, fallback_name = None, "timm's defaults"
+    if not data_config.get("mean") and variant_config(model) is None and not (overrides or {}).get("mean"):
+        mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir, bad_images=bad_images))
+        fallback = {"mean": mean, "std": std, "crop_pct": 1.0}
+        fallback_name = f"the statistics of {dataset} (as deit train records them)"
+    preprocessing = resolve_preprocessing(model, data_config, overrides, source=str(path), fallback=fallback,
+                                          fallback_name=fallback_name)
+    transform = build_transform(is_train=False, **preprocessing)
+    val_set = load_dataset(dataset, "val", data_dir, transform=transform, bad_images=bad_images)
     data_classes = [str(c) for c in val_set.classes]
     classes = meta["classes"] or data_classes
     num_outputs = getattr(model, "num_classes", len(classes))
@@ -116,8 +133,17 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
             f"{' …' if len(classes) > 10 else ''}) but {dataset} has {len(data_classes)} ({shown}); evaluating "
             f"it there would compare unrelated labels. Fine-tune it on that data first: deit train --finetune "
             f"{path} --dataset {dataset} ...")
+    from deit.data import CorruptDatasetError
+    from deit.engine import evaluate
+    from deit.models.deit import DeiT
+
     loader = build_loader(val_set, batch_size=batch_size, is_train=False)
-    metrics = evaluate(model, loader, device=torch.device("cpu"), collect_predictions=True)
+    try:
+        metrics = evaluate(model, loader, device=torch.device("cpu"), collect_predictions=True)
+    except CorruptDatasetError as err:  # the data layer's hint names the training command's flag
+        message = str(err).replace("train with --bad-images skip", "evaluate with deit eval --bad-images skip")
+        raise CorruptDatasetError(message if "deit eval --bad-images" in message
+                                  else f"{message} (deit eval --bad-images skip skips unreadable files)") from None
     out_dir = Path(output) if output else Path(path).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(path).stem + ("-ema" if use_ema else "")
@@ -131,47 +157,103 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     return EvalReport(str(path), dataset, metrics, png, json_path, heads)
 
 
-def resolve_preprocessing(model: nn.Module, data_config: Mapping[str, Any]) -> dict[str, Any]:
-    """``image_size``, ``in_channels``, ``mean``, ``std`` for evaluating ``model``: the
-    checkpoint's ``data_config`` where it has them, else the model's size and channels and
-    0.5 / 0.5 (foreign weights carry no statistics). Shared by prediction and export."""
-    in_channels = int(data_config.get("in_channels") or getattr(model, "in_channels", 3))
-    return {"image_size": int(data_config.get("image_size") or getattr(model, "image_size", 224)),
-            "in_channels": in_channels,
-            "mean": list(data_config.get("mean") or [0.5] * in_channels),
-            "std": list(data_config.get("std") or [0.5] * in_channels)}
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def find_images(items: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """Expand command-line ``items`` into ``(path, error)`` pairs in the order given: a file
+    is taken as it is, a folder gives its image files (:data:`IMAGE_EXTENSIONS`, searched
+    recursively, sorted), a glob (``*``, ``?``, ``[``; ``**`` recursive) the files it
+    matches. ``error`` is ``None``, or why the item gave no image."""
+    found: list[tuple[str, str | None]] = []
+    for item in items:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            files = _images_under(item)
+            found += [(f, None) for f in files] or [(item, f"{item} is a folder without image files "
+                                                            f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")]
+        elif os.path.exists(item):
+            found.append((item, None))
+        elif any(c in item for c in "*?["):  # a glob pattern
+            matches = sorted(glob.glob(item, recursive=True))
+            files = [f for m in matches for f in (_images_under(m) if os.path.isdir(m) else [m])]
+            found += [(f, None) for f in files] or [(item, f"no image file matches {item}")]
+        else:
+            found.append((item, f"image file not found: {item}"))
+    return found
+
+
+def _images_under(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 class Predictor:
-    """Top-k classes for image files, with the checkpoint's own preprocessing."""
+    """Top-k classes for image files, with the preprocessing and class names of
+    :mod:`deit.preprocessing` (the checkpoint's own, else its variant's published ones).
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], data_config: dict[str, Any]) -> None:
+    Args:
+        model: the classifier (a DeiT predicts with its ``return_logits_type`` head).
+        classes: the checkpoint's class names, or ``None`` to take the variant's labels.
+        data_config: the checkpoint's preprocessing record (possibly empty).
+        overrides: user settings (``mean``, ``std``, ``crop_pct``, ``interpolation``).
+        source: the file's name, for the warning when no preprocessing is known.
+        class_ids: ids beside ``classes`` (e.g. WordNet synsets), where the file has them.
+    """
+
+    def __init__(self, model: nn.Module, classes: Sequence[str] | None = None,
+                 data_config: Mapping[str, Any] | None = None, *, overrides: Mapping[str, Any] | None = None,
+                 source: str = "the weights", class_ids: Sequence[str] | None = None) -> None:
         from deit.data import build_transform
 
         self.model = model.eval()
-        self.classes = list(classes)
-        preprocessing = resolve_preprocessing(model, data_config)
-        self.in_channels = preprocessing["in_channels"]
-        self.transform = build_transform(is_train=False, **preprocessing)
+        self.classes, self.class_ids = resolve_labels(model, classes, class_ids)
+        self.preprocessing = resolve_preprocessing(model, data_config, overrides, source=source)
+        self.in_channels = self.preprocessing["in_channels"]
+        self.transform = build_transform(is_train=False, **self.preprocessing)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = False) -> "Predictor":
-        model, meta = load_for_inference(path, use_ema=use_ema)
-        classes = meta["classes"] or [str(i) for i in range(model.num_classes)]
-        return cls(model, classes, meta["data_config"])
+    def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = False, model_name: str | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> "Predictor":
+        model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
+        return cls(model, meta["classes"], meta["data_config"], overrides=overrides, source=str(path),
+                   class_ids=meta["class_ids"])
+
+    def _entry(self, index: int, probability: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {"class": self.classes[index]}
+        if self.class_ids[index] is not None:
+            entry["id"] = self.class_ids[index]
+        entry.update(index=int(index), probability=float(probability))
+        return entry
 
     @torch.inference_mode()
-    def predict_files(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict[str, Any]]:
+    def predict_files(self, paths: Sequence[str | os.PathLike], topk: int = 5, batch_size: int = 32
+                      ) -> list[dict[str, Any]]:
+        """One result per path, in order: ``{"image", "top": [{"class", "id"?, "index",
+        "probability"}, ...]}``, or ``{"image", "error"}`` for a file that cannot be read (the
+        others are still predicted). Images are decoded and run ``batch_size`` at a time."""
         from deit.data import load_image
 
-        if topk <= 0:
-            raise ValueError(f"topk={topk} is invalid; expected a positive integer")
-        batch = torch.stack([self.transform(load_image(p, self.in_channels)) for p in paths])  # (B, C, H, W)
-        logits = self.model.student_model(batch) if hasattr(self.model, "student_model") else self.model(batch)
-        probabilities = logits.float().softmax(dim=-1)  # (B, K)
-        k = min(topk, probabilities.shape[1])
-        top = probabilities.topk(k, dim=-1)
-        return [{"image": str(p),
-                 "top": [{"class": self.classes[i], "index": int(i), "probability": float(v)}
-                         for v, i in zip(top.values[n].tolist(), top.indices[n].tolist())]}
-                for n, p in enumerate(paths)]
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
+            raise ValueError(f"topk={topk!r} is invalid; expected a positive integer (--topk)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer (--batch-size)")
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(paths), batch_size):
+            tensors, good = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    tensors.append(self.transform(load_image(path, self.in_channels)))  # (C, H, W)
+                except (OSError, ValueError) as err:
+                    results.append({"image": str(path), "error": str(err)})
+                    continue
+                results.append({"image": str(path)})
+                good.append(results[-1])
+            if not tensors:
+                continue
+            batch = torch.stack(tensors)  # (B, C, H, W)
+            logits = self.model.student_model(batch) if hasattr(self.model, "student_model") else self.model(batch)
+            probabilities = logits.float().softmax(dim=-1)  # (B, K)
+            top = probabilities.topk(min(topk, probabilities.shape[1]), dim=-1)
+            for item, values, indices in zip(good, top.values.tolist(), top.indices.tolist()):
+                item["top"] = [self._entry(i, v) for v, i in zip(values, indices)]
+        return results

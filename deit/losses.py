@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deit._validation import check_choice
+from deit.models.teacher_output import TeacherRef, teacher_logits
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
 KL_REDUCTIONS = ("batchmean", "official")
@@ -93,21 +94,24 @@ class DistillationLoss(nn.Module):
         if not float(tau) > 0:
             raise ValueError(f"distillation tau={tau} is invalid; expected a temperature > 0")
         self.base_criterion = base_criterion
-        self.__dict__["teacher"] = teacher  # frozen, never a submodule (not in state_dict)
+        self._teacher_ref = TeacherRef(teacher)  # frozen, never a submodule (not in state_dict)
         self.distillation_type = distillation_type
         self.alpha = float(alpha)
         self.tau = float(tau)
         self.kl_reduction = kl_reduction
 
-    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        teacher = self.__dict__["teacher"]
-        if teacher is None:
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher run on the inputs when no ``teacher_outputs`` are passed."""
+        return self._teacher_ref.value
+
+    def teacher_logits(self, inputs: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+        """The teacher's logits (B, K) for ``inputs``, as a loss target (see
+        :func:`deit.models.teacher_output.teacher_logits`)."""
+        if self.teacher is None:
             raise ValueError(f"{self.distillation_type} distillation needs a teacher: pass teacher= or "
                              "teacher_outputs=")
-        teacher.eval()
-        with torch.inference_mode():
-            logits = teacher(inputs)
-        return logits.clone()  # a normal tensor, usable as a loss target
+        return teacher_logits(self.teacher, inputs, num_classes)
 
     def compute(self, inputs: torch.Tensor, outputs, labels: torch.Tensor,
                 teacher_outputs: torch.Tensor | None = None) -> LossTerms:
@@ -120,7 +124,7 @@ class DistillationLoss(nn.Module):
                 base = (base + self.base_criterion(dist_logits, labels)) / 2
             return LossTerms(base, base.detach(), torch.zeros((), device=base.device))
         if teacher_outputs is None:
-            teacher_outputs = self.teacher_logits(inputs)
+            teacher_outputs = self.teacher_logits(inputs, num_classes=dist_logits.shape[-1])
         if self.distillation_type == "soft":
             distill = soft_distillation(dist_logits, teacher_outputs, self.tau, self.kl_reduction)
         else:

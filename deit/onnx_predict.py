@@ -1,11 +1,11 @@
-"""Classify images with an exported ONNX file and onnxruntime alone (issue 6, item 1).
+"""Classify images with an exported ONNX file and onnxruntime alone.
 
 No torch and none of this library's model code: only numpy, Pillow and onnxruntime, so the
 file can be copied to a machine without PyTorch. The preprocessing is the one recorded in
 the file by :func:`deit.export.export_model` and reproduces the library's evaluation
-transform (shorter side resized to ``image_size`` with bicubic filtering, centre crop,
-``/255``, per-channel ``(x - mean) / std``, NCHW float32); a test checks it against
-:func:`deit.data.build_transform` to 1e-6.
+transform, timm's (shorter side resized to ``floor(image_size / crop_pct)`` with the
+recorded ``interpolation``, centre crop, ``/255``, per-channel ``(x - mean) / std``, NCHW
+float32); tests check it against :func:`deit.data.build_transform`.
 
     deit predict --onnx model.onnx IMAGE...
     python deit/onnx_predict.py model.onnx IMAGE...     # the same, without importing torch
@@ -13,13 +13,14 @@ transform (shorter side resized to ``image_size`` with bicubic filtering, centre
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["OnnxPredictor", "preprocess", "read_onnx_metadata"]
 
@@ -45,34 +46,50 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
-def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+            "hamming": Image.Resampling.HAMMING}
+
+
+def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolation: str, crop_mode: str
+                     ) -> Image.Image:
+    """timm's evaluation resize and crop on a PIL image (``transforms_imagenet_eval``, with
+    torchvision's ``Resize`` / ``CenterCrop`` arithmetic for PIL input): the shorter side
+    (``crop_mode`` ``center``) or both sides (``squash``) to ``floor(size / crop_pct)``, then
+    the centred ``size`` x ``size`` square."""
+    if interpolation not in _FILTERS:
+        raise ValueError(f"interpolation {interpolation!r} in the file's metadata is not supported; expected one "
+                         f"of {', '.join(_FILTERS)}")
+    scale = int(math.floor(size / crop_pct))
     w, h = image.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
+    if crop_mode == "squash":
+        new_w, new_h = scale, scale
+    elif crop_mode == "center":
+        new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     else:
-        new_w, new_h = int(size * w / h), size
-    return image.resize((new_w, new_h), Image.BICUBIC)
-
-
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    w, h = image.size
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        raise ValueError(f"crop_mode {crop_mode!r} in the file's metadata is not supported here; expected center "
+                         "or squash (export again with deit export)")
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), _FILTERS[interpolation])
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
 def preprocess(path: str | os.PathLike, metadata: dict[str, Any]) -> np.ndarray:
-    """One image file -> (C, H, W) float32, as the model was evaluated."""
+    """One image file -> (C, H, W) float32, as the model was evaluated (EXIF orientation
+    applied, as the library's decoder does)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
+            image = ImageOps.exif_transpose(image)
             image = image.convert(metadata.get("color_mode") or ("L" if metadata["in_channels"] == 1 else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from None
-    size = int(metadata["image_size"])
-    image = _center_crop(_resize_shorter_side(image, size), size)
+    image = _resize_and_crop(image, int(metadata["image_size"]), float(metadata.get("crop_pct", 1.0)),
+                             metadata.get("interpolation", "bicubic"), metadata.get("crop_mode", "center"))
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
     mean = np.asarray(metadata["mean"], dtype=np.float32)[:, None, None]  # (C, 1, 1)
@@ -99,19 +116,36 @@ class OnnxPredictor:
         # the prediction: the fused DeiT⚗ output when all three heads were exported
         self.output_index = outputs.index("fusion") if "fusion" in outputs else 0
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict[str, Any]]:
+    def predict_files(self, paths: Sequence[str | os.PathLike], topk: int = 5, batch_size: int = 32
+                      ) -> list[dict[str, Any]]:
+        """As :meth:`deit.inference.Predictor.predict_files`: one result per path, in order,
+        ``{"image", "top"}`` or ``{"image", "error"}``; ``batch_size`` images per run."""
         if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
             raise ValueError(f"topk={topk!r} is invalid; expected a positive integer")
-        batch = np.stack([preprocess(p, self.metadata) for p in paths])  # (B, C, H, W)
-        logits = self.session.run(None, {self.metadata.get("input", "images"): batch})[self.output_index]
-        probabilities = _softmax(logits.astype(np.float64))  # (B, K)
-        classes = self.metadata["classes"]
-        k = min(topk, probabilities.shape[1])
-        results = []
-        for path, row in zip(paths, probabilities):
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append({"image": str(path), "top": [{"class": classes[i], "index": int(i),
-                                                         "probability": float(row[i])} for i in order]})
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
+        classes, ids = self.metadata["classes"], self.metadata.get("class_ids")
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(paths), batch_size):
+            arrays, good = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    arrays.append(preprocess(path, self.metadata))  # (C, H, W)
+                except (OSError, ValueError) as err:
+                    results.append({"image": str(path), "error": str(err)})
+                    continue
+                results.append({"image": str(path)})
+                good.append(results[-1])
+            if not arrays:
+                continue
+            batch = np.stack(arrays)  # (B, C, H, W)
+            logits = self.session.run(None, {self.metadata.get("input", "images"): batch})[self.output_index]
+            probabilities = _softmax(logits.astype(np.float64))  # (B, K)
+            k = min(topk, probabilities.shape[1])
+            for item, row in zip(good, probabilities):
+                order = np.argsort(-row, kind="stable")[:k]
+                item["top"] = [{"class": classes[i], **({"id": ids[i]} if ids and ids[i] else {}), "index": int(i),
+                                "probability": float(row[i])} for i in order]
         return results
 
 
@@ -121,12 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python onnx_predict.py MODEL.onnx IMAGE [IMAGE ...]", file=sys.stderr)
         return 2
     try:
-        for item in OnnxPredictor(args[0]).predict_files(args[1:]):
-            print(f"{item['image']}: " + ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"]))
+        results = OnnxPredictor(args[0]).predict_files(args[1:])
     except (ValueError, OSError) as err:
         print(f"onnx_predict: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    for item in results:
+        if "error" in item:
+            print(f"onnx_predict: error: {item['error']}", file=sys.stderr)
+        else:
+            print(f"{item['image']}: " + "; ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in item["top"]))
+    return 1 if any("error" in item for item in results) else 0
 
 
 if __name__ == "__main__":

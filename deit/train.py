@@ -66,7 +66,8 @@ def resolve_device(name: str, env: distributed.DistEnv) -> torch.device:
     if name == "cuda":
         name = f"cuda:{env.local_rank}"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine")
+        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine; "
+                         "use --device cpu or --device auto")
     return torch.device(name)
 
 
@@ -84,7 +85,8 @@ def check_output_dir(output: Path, resume: bool) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"output directory {output} is not writable ({err.strerror or err})") from None
+        raise ValueError(f"output directory {output} is not writable ({err.strerror or err}); choose another "
+                         "--output") from None
     if not resume and (output / "last.pth").exists():
         raise ValueError(f"{output} already holds a run (last.pth); pass --resume to continue it or choose "
                          "another --output (nothing was overwritten)")
@@ -93,6 +95,55 @@ def check_output_dir(output: Path, resume: bool) -> None:
     for stale in output.glob(".*.tmp"):  # a write interrupted by a crash; the file it was replacing is intact
         logger.info("removing %s, left by an interrupted write", stale)
         stale.unlink(missing_ok=True)
+
+
+def first_missing_folder(output: Path) -> Path | None:
+    """The top-most folder of ``output`` (itself or a parent) that does not exist yet: what
+    creating the run directory will create. ``None`` if ``output`` exists."""
+    return next((folder for folder in reversed((output, *output.parents)) if not folder.exists()), None)
+
+
+RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "summary.json")
+"""Files a run writes before or beside its checkpoints (TensorBoard events go to ``tensorboard/``)."""
+
+
+def remove_unfinished_run(output: Path, created: Path) -> None:
+    """After a run that failed before its first checkpoint: remove the files it wrote and
+    the folders it created (``output`` up to ``created``), so no empty run directory is left.
+
+    Only this run's own files are deleted, and a folder only when it is then empty
+    (``rmdir``): anything else found there (a user's file, a checkpoint) keeps it.
+    """
+    if not output.is_dir() or (output / "last.pth").exists():
+        return
+    try:
+        for name in RUN_FILES:
+            (output / name).unlink(missing_ok=True)
+        for path in (output / "tensorboard").glob("events.out.tfevents.*"):
+            path.unlink(missing_ok=True)
+    except OSError as err:  # the run's own error is the one to report
+        logger.info("could not clean up %s (%s)", output, err)
+        return
+    folders = [output / "tensorboard", output, *output.parents]
+    for folder in folders[: folders.index(created) + 1]:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: something else lives there
+            logger.info("kept %s: it holds files this run did not write", folder)
+            return
+
+
+def resolve_warmup_epochs(config: TrainConfig, log: bool = True) -> int:
+    """``warmup_epochs``, clamped to ``epochs - 1`` so the cosine decay keeps the last epoch
+    (``--epochs 1`` trains at the full rate from the start); a clamp is logged."""
+    warmup = min(config.warmup_epochs, config.epochs - 1)
+    if warmup != config.warmup_epochs and log:
+        logger.warning("--warmup-epochs %d (warmup_epochs) is not shorter than --epochs %d: warming up for %d "
+                       "epoch(s) instead, so the cosine decay keeps the last one", config.warmup_epochs,
+                       config.epochs, warmup)
+    return warmup
 
 
 def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -108,6 +159,7 @@ def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
 def build_data(config: TrainConfig, env: distributed.DistEnv):
     """Datasets, loaders and the data settings that a checkpoint records for prediction."""
     from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
+    from deit.data.datasets import stratified_indices
 
     train_set = load_dataset(config.dataset, "train", config.data_dir,  # decoded once; transform set below
                              bad_images=config.bad_images)
@@ -127,7 +179,9 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf, bad_images=config.bad_images)
     classes = list(train_set.classes)
     if config.train_subset is not None and config.train_subset < len(train_set):
-        train_set = torch.utils.data.Subset(train_set, range(config.train_subset))
+        # class proportions kept, a seeded choice inside each class: image folders list files class by class
+        train_set = torch.utils.data.Subset(train_set, stratified_indices(train_set.targets, config.train_subset,
+                                                                          seed=config.seed))
     if config.val_subset is not None and config.val_subset < len(val_set):
         step = len(val_set) // config.val_subset  # spread over the set: validation files are often sorted by class
         val_set = torch.utils.data.Subset(val_set, range(0, step * config.val_subset, step))
@@ -140,9 +194,10 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
     if len(train_loader) < config.accum_steps:
         raise ValueError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
-                         f"fewer than accum_steps={config.accum_steps}: lower batch_size or accum_steps")
+                         f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")
     data_config = {"dataset": config.dataset, "image_size": image_size, "in_channels": channels,
-                   "mean": list(mean), "std": list(std), "num_classes": len(classes)}
+                   "mean": list(mean), "std": list(std), "num_classes": len(classes),
+                   "crop_pct": 1.0, "interpolation": "bicubic", "crop_mode": "center"}  # eval_tf's (build_transform)
     return train_loader, val_loader, classes, data_config
 
 
@@ -155,7 +210,10 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
         overrides["drop_path_rate"] = config.drop_path
     model = create_model(config.model, **overrides)
     if config.finetune:
-        report = load_pretrained(model, config.finetune)
+        from deit.hub import resolve_weights_argument  # a path, a registered name (published weights) or a URL
+
+        report = load_pretrained(model, resolve_weights_argument(config.finetune, flag="--finetune",
+                                                                 progress=config.progress))
         for note in report.notes:
             logger.info("finetune: %s", note)
     return model
@@ -167,12 +225,17 @@ def train(config: TrainConfig) -> TrainResult:
     env = distributed.detect()
     device = resolve_device(config.device, env)
     output = Path(config.output)
-    if env.is_main:
-        check_output_dir(output, config.resume)
-    distributed.init(env, device)
+    created = first_missing_folder(output) if env.is_main else None
     try:
+        if env.is_main:
+            check_output_dir(output, config.resume)
+        distributed.init(env, device)
         with deterministic_algorithms(config.deterministic):
             return _train(config, env, device, output)
+    except BaseException:  # also Ctrl-C: a run without a checkpoint leaves no empty folder behind
+        if created is not None:
+            remove_unfinished_run(output, created)
+        raise
     finally:
         distributed.shutdown()
 
@@ -211,13 +274,27 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     train_loader, val_loader, classes, data_config = build_data(config, env)
     num_classes = config.num_classes or len(classes)
     if num_classes != len(classes):
-        raise ValueError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes")
+        raise ValueError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
+                         "drop --num-classes or set it to the data set's")
     model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
 
     teacher = None
     if config.teacher_model:
+        teacher_checkpoint = config.teacher_checkpoint
+        if config.teacher_pretrained and teacher_checkpoint is None:  # the teacher's published weights
+            from deit.hub import resolve_pretrained_file
+            from deit.models.teacher import TIMM_PREFIX, resolve_teacher_name
+
+            teacher_name = resolve_teacher_name(config.teacher_model, data_config["image_size"])
+            if teacher_name.startswith(TIMM_PREFIX):
+                raise ValueError(f"--teacher-pretrained covers registered names; for --teacher-model {teacher_name} "
+                                 "pass timm's weights file with --teacher-checkpoint FILE")
+            teacher_checkpoint = resolve_pretrained_file(teacher_name, progress=config.progress)
+        # the teacher takes the student's normalised batches: re-normalised when it was trained otherwise
         teacher = load_teacher(config.teacher_model, num_classes=num_classes, in_channels=data_config["in_channels"],
-                               image_size=data_config["image_size"], checkpoint=config.teacher_checkpoint)
+                               image_size=data_config["image_size"], checkpoint=teacher_checkpoint,
+                               input_mean=data_config["mean"], input_std=data_config["std"],
+                               teacher_mean=config.teacher_mean, teacher_std=config.teacher_std)
     distilling = teacher is not None and config.distillation_type != "none"
     if distilling and isinstance(model, DeiT):
         model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
@@ -238,11 +315,12 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
         net = torch.compile(net)  # the teacher runs eagerly inside (inference mode, not a submodule)
 
     effective_batch = config.batch_size * config.accum_steps * env.world_size
-    lr = config.lr * effective_batch / 512
+    lr = config.lr * effective_batch / 512  # the paper's rule, Table 9: 0.0005 x batchsize / 512
     optimizer = build_optimizer(model, lr, config.weight_decay)
     updates_per_epoch = len(train_loader) // config.accum_steps
+    warmup_epochs = resolve_warmup_epochs(config, log=env.is_main)
     scheduler = build_scheduler(optimizer, total_steps=config.epochs * updates_per_epoch,
-                                warmup_steps=config.warmup_epochs * updates_per_epoch, min_lr=config.min_lr,
+                                warmup_steps=warmup_epochs * updates_per_epoch, min_lr=config.min_lr,
                                 warmup_lr=config.warmup_lr)
     mixup_fn = None
     if (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0:
@@ -281,13 +359,16 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
     resolved = config.to_dict()
     resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
-                    in_channels=data_config["in_channels"])
+                    in_channels=data_config["in_channels"], warmup_epochs=warmup_epochs)
     if env.is_main:
         write_text_atomic(output / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     run_log = RunLog(output, enabled=env.is_main, resume_after_epoch=start_epoch - 1 if resume_state else None)
     if env.is_main:
-        logger.info("training %s on %s: %d epochs x %d updates of %d images (lr %.2e), output %s", config.model,
-                    config.dataset, config.epochs, updates_per_epoch, effective_batch, lr, output)
+        logger.info("training %s on %s: %d epochs x %d updates of %d images, output %s", config.model,
+                    config.dataset, config.epochs, updates_per_epoch, effective_batch, output)
+        logger.info("learning rate %.4g = --lr %.4g x effective batch %d (--batch-size %d x --accum-steps %d x %d "
+                    "process(es)) / 512, the paper's scaling rule", lr, config.lr, effective_batch, config.batch_size,
+                    config.accum_steps, env.world_size)
 
     final: dict[str, Any] = {}
     throughput = []

@@ -25,6 +25,7 @@ Token layout: ViT ``[cls, patches…]`` (``num_prefix_tokens = 1``), DeiT
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "format_similarity",
     "fuse_heads",
     "overlay",
+    "readable",
     "token_similarity",
     "unit_range",
     "visualize",
@@ -57,6 +59,7 @@ HEAD_FUSIONS = ("mean", "max", "min")
 COLORMAPS = ("jet", "inferno")
 TOKEN_NAMES = ("cls", "dist")  # sequence index 0 and 1
 PER_LAYER_PANEL_PIXELS = 224  # the image in each panel of the per-layer grid is at most this size
+READABLE_PIXELS = 224  # overlays are written with at least this shorter side (small images enlarged)
 
 
 # --- capturing what the model computes ---------------------------------------------------
@@ -319,20 +322,41 @@ def _rgb_array(image: Image.Image):
     return np.array(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3), a writable copy
 
 
-def _model_view_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The part of an image the eval transform keeps: it resizes the shorter side to the
-    model's input size and centre-crops a square (crop_pct = 1), i.e. the centred square
-    of side min(W, H). Returns a PIL box (left, top, right, bottom)."""
+def _model_view_box(size: tuple[int, int], preprocessing: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """The part of an image the evaluation transform keeps (timm's resize and centre crop,
+    :func:`deit.data.build_transform`): the shorter side (``crop_mode`` ``center``) or both
+    sides (``squash``) resized to ``floor(image_size / crop_pct)``, then the centred
+    ``image_size`` square. Returns that square in the image's own pixels as a PIL box
+    (left, top, right, bottom)."""
     width, height = size
-    side = min(width, height)
-    left, top = round((width - side) / 2), round((height - side) / 2)
-    return left, top, left + side, top + side
+    crop = int(preprocessing["image_size"])
+    scale = math.floor(crop / float(preprocessing.get("crop_pct", 1.0)))
+    if preprocessing.get("crop_mode", "center") == "squash":
+        resized_w, resized_h = scale, scale
+    elif width <= height:
+        resized_w, resized_h = scale, int(scale * height / width)
+    else:
+        resized_w, resized_h = int(scale * width / height), scale
+    left, top = round((resized_w - crop) / 2), round((resized_h - crop) / 2)
+    sx, sy = width / resized_w, height / resized_h
+    box = (round(left * sx), round(top * sy), round((left + crop) * sx), round((top + crop) * sy))
+    return max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)
 
 
-def _overlay_on_view(image: Image.Image, mask_2d: torch.Tensor, alpha: float) -> Image.Image:
-    """:func:`overlay` on the square the model saw, pasted into the full image (the parts the
-    centre crop cut away are shown darkened, without a heat map)."""
-    box = _model_view_box(image.size)
+def readable(image: Image.Image, min_side: int = READABLE_PIXELS) -> tuple[Image.Image, int]:
+    """``image`` enlarged by the smallest whole factor that makes its shorter side at least
+    ``min_side`` pixels (nearest neighbour: a 28 px digit keeps sharp pixels), and that
+    factor (1 for images already large enough)."""
+    factor = max(1, math.ceil(min_side / max(1, min(image.size))))
+    if factor == 1:
+        return image, 1
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST), factor
+
+
+def _overlay_on_view(image: Image.Image, mask_2d: torch.Tensor, alpha: float,
+                     box: tuple[int, int, int, int]) -> Image.Image:
+    """:func:`overlay` on ``box``, the part the model saw, pasted into the full image (the
+    parts the centre crop cut away are shown darkened, without a heat map)."""
     full = Image.fromarray((_rgb_array(image) // 2), mode="RGB")  # darkened: outside the model's view
     full.paste(overlay(image.crop(box), mask_2d, alpha), box[:2])
     return full
@@ -439,7 +463,7 @@ def format_similarity(sims: Sequence[float]) -> str:
 
 def _load(checkpoint_or_model: str | os.PathLike | nn.Module, data_config: Mapping[str, Any] | None,
           classes: Sequence[str] | None, model_name: str | None, use_ema: bool
-          ) -> tuple[nn.Module, list[str], dict[str, Any]]:
+          ) -> tuple[nn.Module, list[str] | None, dict[str, Any]]:
     from deit.inference import load_for_inference
 
     if isinstance(checkpoint_or_model, nn.Module):
@@ -452,8 +476,8 @@ def _load(checkpoint_or_model: str | os.PathLike | nn.Module, data_config: Mappi
     _check_transformer(model)
     config = dict(meta["data_config"] or {})
     config.update(data_config or {})
-    names = list(classes or meta["classes"] or [str(i) for i in range(model.num_classes)])
-    return model, names, config
+    names = classes or meta["classes"]  # None: the variant's labels or the indices (deit.preprocessing)
+    return model, (list(names) if names else None), config
 
 
 def visualize(checkpoint_or_model: str | os.PathLike | nn.Module, image_path: str | os.PathLike,
@@ -469,14 +493,16 @@ def visualize(checkpoint_or_model: str | os.PathLike | nn.Module, image_path: st
     is preprocessed exactly as :class:`deit.inference.Predictor` does. Writes to ``output_dir``:
     ``<stem>-rollout-cls.png``, for DeiT ``<stem>-rollout-dist.png`` and
     ``<stem>-cls-dist-similarity.png``, and with ``per_layer`` ``<stem>-attention-per-layer.png``
-    (each file written atomically). The overlays have the image's size.
+    (each file written atomically). The overlays have the image's size, enlarged by a whole
+    factor when its shorter side is below :data:`READABLE_PIXELS` (:func:`readable`).
     """
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     _check_discard_ratio(discard_ratio)
     if not isinstance(per_layer, bool):
         raise ValueError(f"per_layer={per_layer!r} is invalid; expected True or False")
     model, names, config = _load(checkpoint_or_model, data_config, classes, model_name, use_ema)
-    image, x = _preprocess(model, names, config, image_path)  # PIL image, (1, C, H, W)
+    image, x, predictor = _preprocess(model, names, config, image_path)  # PIL image, (1, C, H, W)
+    names = predictor.classes
     prefix = model.num_prefix_tokens
     trace = _trace(model, x, tokens=prefix >= 2)
     index, probability = _top1(model, trace.features)
@@ -485,20 +511,23 @@ def visualize(checkpoint_or_model: str | os.PathLike | nn.Module, image_path: st
     out.mkdir(parents=True, exist_ok=True)
     tokens = list(range(min(prefix, len(TOKEN_NAMES))))  # 0 = cls, 1 = dist
     grid = model.patch_embed.grid_size
+    box = _model_view_box(image.size, predictor.preprocessing)
+    shown, factor = readable(image)
+    shown_box = tuple(v * factor for v in box)
     written = {}
     for token in tokens:
         flow = attention_rollout(trace.attention, token, head_fusion=head_fusion, discard_ratio=discard_ratio,
                                  num_prefix_tokens=prefix)[0].reshape(grid)  # (gh, gw)
         path = out / f"{stem}-rollout-{TOKEN_NAMES[token]}.png"
-        written[token] = _save_png(_overlay_on_view(image, flow, alpha), path)
+        written[token] = _save_png(_overlay_on_view(shown, flow, alpha, shown_box), path)
     report = VisualizeReport(image=Path(image_path), rollout_cls=written[0], rollout_dist=written.get(1),
                              predicted_class=str(names[index]) if index < len(names) else str(index),
                              predicted_index=index, probability=probability)
     label = f"{Path(image_path).name}: {getattr(model, 'model_name', type(model).__name__)}"
     if per_layer:
-        view = image.crop(_model_view_box(image.size))  # the square the model saw
-        side = min(view.width, PER_LAYER_PANEL_PIXELS)
-        view = view.resize((side, side), Image.Resampling.BICUBIC)  # small panels: no need for a photo's pixels
+        view, _ = readable(image.crop(box), PER_LAYER_PANEL_PIXELS)  # the square the model saw
+        if view.width > PER_LAYER_PANEL_PIXELS:  # small panels: no need for a photo's pixels
+            view = view.resize((PER_LAYER_PANEL_PIXELS, PER_LAYER_PANEL_PIXELS), Image.Resampling.BICUBIC)
         report.per_layer = _plot_per_layer(view, trace.attention, tokens, grid, prefix, head_fusion,
                                            out / f"{stem}-attention-per-layer.png",
                                            f"{label}, per-layer attention ({head_fusion} over heads)")
@@ -509,16 +538,17 @@ def visualize(checkpoint_or_model: str | os.PathLike | nn.Module, image_path: st
     return report
 
 
-def _preprocess(model: nn.Module, names: Sequence[str], config: Mapping[str, Any],
-                image_path: str | os.PathLike) -> tuple[Image.Image, torch.Tensor]:
-    """The image as ``deit predict`` reads and transforms it: (PIL image, (1, C, H, W) batch)."""
+def _preprocess(model: nn.Module, names: Sequence[str] | None, config: Mapping[str, Any],
+                image_path: str | os.PathLike) -> tuple[Image.Image, torch.Tensor, Any]:
+    """The image as ``deit predict`` reads and transforms it: (PIL image, (1, C, H, W) batch,
+    the :class:`~deit.inference.Predictor` holding the resolved preprocessing and labels)."""
     from deit.data import load_image
     from deit.inference import Predictor
 
     with _eval_mode(model):  # Predictor puts the model in eval mode; the caller's mode is kept
         predictor = Predictor(model, names, config)
     image = load_image(image_path, predictor.in_channels)
-    return image, predictor.transform(image).unsqueeze(0)  # (1, C, H, W)
+    return image, predictor.transform(image).unsqueeze(0), predictor  # (1, C, H, W)
 
 
 @torch.no_grad()

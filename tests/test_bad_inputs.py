@@ -289,5 +289,8 @@ def test_predict_on_bad_image_paths(case, trained_run, tmp_path, capsys):
               "a directory": tmp_path}[case]
     if case == "not an image":
         target.write_text("hello")
-    message = cli_error(capsys, "predict", "--checkpoint", str(trained_run / "last.pth"), str(target))
-    assert str(target) in message
+    # a bad file is reported on its own line and the exit code is 1 (the others would still be predicted)
+    assert main(["predict", "--checkpoint", str(trained_run / "last.pth"), str(target)]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("deit predict: error:")]
+    assert len(lines) == 1 and str(target) in lines[0] and "Traceback" not in err, err

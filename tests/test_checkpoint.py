@@ -308,8 +308,8 @@ def test_hf_deit_without_teacher_head_loads_into_deit(tmp_path):
 
 
 def test_named_architecture_keeps_a_foreign_files_head_and_channels(tmp_path):
-    """Regression: build_from_checkpoint(path, model_name) used to build the registry default
-    (1000 classes, RGB) and silently re-initialise a 10-class, 1-channel file's head."""
+    """build_from_checkpoint(path, model_name) builds the named variant with the file's head
+    and channels (10 classes, 1 channel), not the registry default (1000 classes, RGB)."""
     import timm
 
     peer = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=10, in_chans=1).eval()

@@ -10,10 +10,11 @@ value): one epoch on a few images for ``deit train`` (and ``torchrun``), one rep
 models for ``deit benchmark``, a one-batch schedule for ``deit demo``; a multi-machine
 ``torchrun`` runs its two "machines" as one local rendezvous.
 
-Not run here, with the reason: the two set-up lines (the second is what CI runs; the first
-is ``deit demo``, which runs below), ``bash scripts/setup.sh`` alone, and
-``bash scripts/fashion_results.sh`` (the five runs that RESULTS.md also lists one by one:
-those run below, shortened).
+Not run here, with the reason: the commands of docs/models.md that download published
+weights (tested against a local server in tests/test_hub.py), the two set-up lines (the
+second is what CI runs; the first is ``deit demo``, which runs below), ``bash
+scripts/setup.sh`` alone, and ``bash scripts/fashion_results.sh`` (the five runs that
+RESULTS.md also lists one by one: those run below, shortened).
 """
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ DOC_ORDER = ["docs/quickstart.md", "docs/training.md", "docs/models.md", "docs/e
              "docs/troubleshooting.md", "README.md", "docs/RESULTS.md"]
 NOT_RUN = {"bash scripts/setup.sh && .venv/bin/deit demo", "bash scripts/setup.sh && .venv/bin/python -m pytest -q",
            "bash scripts/setup.sh", "bash scripts/fashion_results.sh"}
+# docs/models.md's online commands fetch the published weights from the internet; the same code
+# paths run in tests/test_hub.py against a server on 127.0.0.1, and the offline command runs here
+NOT_RUN |= {
+    "deit predict --model deit_small_distilled_patch16_224 --pretrained photo.jpg",
+    "deit train --model deit_small_patch16_224 --finetune deit_small_patch16_224 --dataset my_images",
+    "deit train --model deit_tiny_patch16_224 --dataset my_images --teacher-model deit_base_distilled_patch16_224 "
+    "--teacher-pretrained --distillation-type hard",
+    "curl -L -o deit_small_distilled_patch16_224-649709d9.pth "
+    "https://dl.fbaipublicfiles.com/deit/deit_small_distilled_patch16_224-649709d9.pth",
+    "sha256sum deit_small_distilled_patch16_224-649709d9.pth",
+}
 SHORT_TRAIN = ["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "64", "--val-subset", "64", "--batch-size", "16",
                "--no-progress",
                "--mixup", "0", "--cutmix", "0", "--auto-augment", "none", "--repeated-aug", "1", "--no-model-ema"]

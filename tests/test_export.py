@@ -177,3 +177,70 @@ def test_export_head_wrapper_is_the_student_only(distilled):
         assert not any("stages" in n or "stem" in n for n in names)  # no teacher weights exported
     finally:
         distilled.set_teacher(None)
+
+
+@pytest.mark.parametrize("size, crop_pct, interpolation, crop_mode", [
+    ((500, 375), 0.875, "bicubic", "center"), ((61, 97), 0.9, "bilinear", "center"),
+    ((80, 50), 0.8, "nearest", "squash"), ((40, 40), 1.0, "bicubic", "center"),
+])
+def test_numpy_preprocessing_equals_timms_eval_transform(size, crop_pct, interpolation, crop_mode, tmp_path):
+    """onnx_predict's PIL + numpy resize and crop against timm's own evaluation transform."""
+    from timm.data import create_transform
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    meta = {"image_size": 32, "in_channels": 3, "mean": mean, "std": std, "color_mode": "RGB",
+            "crop_pct": crop_pct, "interpolation": interpolation, "crop_mode": crop_mode}
+    reference = create_transform(input_size=32, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                                 crop_mode=crop_mode, mean=mean, std=std)(Image.open(tmp_path / "x.png").convert("RGB"))
+    np.testing.assert_allclose(preprocess(tmp_path / "x.png", meta), reference.numpy(), atol=1e-6)
+
+
+def test_metadata_of_a_published_variant_comes_from_the_resolver():
+    """An official-layout model: the release's crop_pct, mean/std and ImageNet names and synsets."""
+    from deit.export import export_metadata
+
+    with torch.device("meta"):
+        model = create_model("deit_small_distilled_patch16_224")
+    meta = export_metadata(model, {}, None, ["fusion"])
+    assert (meta["image_size"], meta["crop_pct"], meta["interpolation"]) == (224, 0.9, "bicubic")
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
+    assert meta["class_ids"][0] == "n01440764" and meta["classes"][0].startswith("tench")
+    overridden = export_metadata(model, {}, None, ["fusion"], {"crop_pct": 0.875, "interpolation": "bilinear"})
+    assert (overridden["crop_pct"], overridden["interpolation"]) == (0.875, "bilinear")
+
+
+def test_onnx_and_pytorch_predictors_agree_with_a_centre_crop(tmp_path):
+    """A non-square photo, crop_pct 0.875, bilinear: the torch-free predictor follows the file's
+    metadata to the same top-5 as the PyTorch Predictor."""
+    from deit.inference import Predictor
+    from deit.onnx_predict import OnnxPredictor
+
+    torch.manual_seed(0)
+    model = create_model("deit_pico_distilled_patch4_32", num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    model.eval()
+    settings = {"crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.2, 0.2]}
+    export_model(model, tmp_path / "m.onnx", overrides=settings)
+    coarse = np.random.default_rng(2).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    files = []
+    for i, size in enumerate([(90, 60), (45, 70), (33, 33)]):
+        Image.fromarray(np.roll(coarse, i, axis=1)).resize(size, Image.Resampling.BICUBIC).save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    ours = Predictor(model, overrides=settings).predict_files(files)
+    theirs = OnnxPredictor(tmp_path / "m.onnx").predict_files(files)
+    for a, b in zip(ours, theirs):
+        assert [c["index"] for c in a["top"]] == [c["index"] for c in b["top"]]
+        np.testing.assert_allclose([c["probability"] for c in a["top"]], [c["probability"] for c in b["top"]],
+                                   atol=1e-4)
+
+
+def test_export_preprocessing_flags_are_recorded(trained_checkpoint, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(tmp_path / "m.pt"),
+                 "--crop-pct", "0.8", "--interpolation", "bilinear", "--mean", "0.2", "--std", "0.3"]) == 0
+    meta = load_metadata(tmp_path / "m.pt")
+    assert (meta["crop_pct"], meta["interpolation"], meta["mean"], meta["std"]) == (0.8, "bilinear", [0.2], [0.3])
+    assert "verified on real images" in capsys.readouterr().out  # real images preprocessed with these settings

@@ -255,7 +255,7 @@ def test_config_file_plus_overrides_round_trip(tmp_path):
 @pytest.mark.parametrize("settings, match", [
     ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"mixup_prob": 1.5}, "mixup_prob"),
     ({"distillation_type": "hard"}, "needs a teacher"), ({"distillation_type": "warm"}, "distillation_type"),
-    ({"learning_rate": 0.1}, "unknown setting.*learning_rate"), ({"epochs": 2, "warmup_epochs": 5}, "warmup_epochs"),
+    ({"learning_rate": 0.1}, "unknown setting.*learning_rate"), ({"warmup_epochs": -1}, "warmup_epochs"),
     ({"amp": "yes"}, "amp"),
 ])
 def test_invalid_settings_are_named(settings, match):
@@ -314,3 +314,142 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert torch.isfinite(torch.tensor(result.final["train_loss"]))
     state = torch.load(tmp_path / "amp" / "last.pth", weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+# --- short runs, messages, help, data rules ---------------------------------------------------
+
+def test_short_run_clamps_the_warm_up_and_prints_the_scaled_lr(tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "one-epoch"
+    with caplog.at_level(logging.INFO, logger="deit"):
+        run(out, model="deit_pico_patch4_32", epochs=1, warmup_epochs=5, train_subset=64, val_subset=64,
+            batch_size=32, lr=5e-4)
+    assert "--warmup-epochs 5 (warmup_epochs) is not shorter than --epochs 1: warming up for 0" in caplog.text
+    # the paper's rule (Table 9): lr x effective batch / 512 = 5e-4 x 32 / 512
+    assert "learning rate 3.125e-05 = --lr 0.0005 x effective batch 32 (--batch-size 32 x --accum-steps 1" \
+        in caplog.text
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["scheduler"]["warmup_t"] == 0 and state["scheduler"]["base_values"][0] == pytest.approx(3.125e-5)
+    assert yaml.safe_load((out / "config.yaml").read_text())["warmup_epochs"] == 0
+    from deit.train import resolve_warmup_epochs
+
+    assert [resolve_warmup_epochs(load_config(None, {"epochs": e}), log=False) for e in (1, 2, 5, 6, 300)] == \
+        [0, 1, 4, 5, 5]
+
+
+def test_config_errors_name_the_flag_and_the_yaml_key(tmp_path, capsys):
+    from deit.cli import main
+
+    assert main(["train", "--warmup-epochs", "-1", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "warmup_epochs=-1 is invalid" in err and "--warmup-epochs" in err
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"kl_reduction": "sum"}))
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "kl_reduction='sum'" in err and "--kl-reduction" in err and "kl_reduction: in a --config file" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_describes_every_flag_in_groups(capsys):
+    import argparse
+
+    from deit.cli import build_parser
+    from deit.config import CHOICES, FIELD_NAMES, GROUPS, HELP
+
+    assert set(HELP) == set(FIELD_NAMES) - {"extra"} and {group for group, _ in HELP.values()} == set(GROUPS)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = sub.choices["train"]
+    flags = [a for a in train_parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) == len(FIELD_NAMES)  # every setting and --config
+    for action in flags:
+        text = (action.help or "").split("(default:")[0].strip()
+        assert len(text) > 10, f"{action.option_strings} has no description: {action.help!r}"
+    with pytest.raises(SystemExit):
+        train_parser.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for group in GROUPS:
+        assert f"\n{group}:" in train_parser.format_help()
+    for name, choices in CHOICES.items():
+        assert "--" + name.replace("_", "-") + " {" + ",".join(choices) + "}" in out
+    assert "--device {auto,cpu,cuda,cuda:N}" in out
+    assert "lr x effective batch / 512" in out and "(paper: 5e-4, Table 9)" in out
+    assert "--reprob REPROB random erasing probability (paper: 0.25, Table 9) (default: 0.25)" in out
+
+
+def _fail_in_build_data(monkeypatch):
+    import deit.train
+
+    def broken(config, env):
+        raise ValueError("data set exploded")
+
+    monkeypatch.setattr(deit.train, "build_data", broken)
+
+
+def test_failed_run_leaves_no_empty_folder(tmp_path, monkeypatch):
+    _fail_in_build_data(monkeypatch)
+    nested = tmp_path / "new" / "deeper" / "run"
+    with pytest.raises(ValueError, match="exploded"):
+        run(nested, model="deit_pico_patch4_32", epochs=1)
+    assert list(tmp_path.iterdir()) == []  # the three folders the run created are gone
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("a user's file")
+    for output in (kept, kept / "run"):
+        with pytest.raises(ValueError, match="exploded"):
+            run(output, model="deit_pico_patch4_32", epochs=1)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # pre-existing: untouched
+    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+        run(tmp_path / "resumed", model="deit_pico_patch4_32", epochs=1, resume=True)
+    assert not (tmp_path / "resumed").exists()
+
+
+def test_failure_in_the_first_epoch_removes_the_run_files(tmp_path, monkeypatch):
+    from deit.losses import DistillationLoss, LossTerms
+
+    original = DistillationLoss.compute
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        return LossTerms(terms.total * float("nan"), terms.base, terms.distillation)
+
+    monkeypatch.setattr(DistillationLoss, "compute", poisoned)
+    with pytest.raises(NonFiniteLossError):
+        run(tmp_path / "run", model="deit_pico_patch4_32", epochs=2, train_subset=128)
+    assert list(tmp_path.iterdir()) == []  # config.yaml and TensorBoard events went with the folder
+
+
+def write_class_sorted_folder(root: Path, per_class=(40, 30, 20)) -> Path:
+    """root/{train,val}/cls<k>/*.png: grey PNGs made from digits, listed class by class."""
+    from PIL import Image
+
+    from deit.data import load_dataset
+
+    digits = load_dataset("digits", "train")
+    for split in ("train", "val"):
+        for label, count in enumerate(per_class):
+            folder = root / split / f"cls{label}"
+            folder.mkdir(parents=True)
+            images = digits.images[digits.targets_array == label][: count if split == "train" else 4]
+            for i, array in enumerate(images):
+                Image.fromarray(array).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_grey_folder_trains_on_one_channel_and_subsets_span_the_classes(tmp_path):
+    from collections import Counter
+
+    from deit import distributed
+    from deit.train import build_data
+
+    root = write_class_sorted_folder(tmp_path / "folder")
+    config = load_config(None, {**DIGITS, "dataset": str(root), "train_subset": 45, "batch_size": 16,
+                                "output": str(tmp_path / "r")})
+    train_loader, _, classes, data_config = build_data(config, distributed.DistEnv())
+    assert data_config["in_channels"] == 1 and classes == ["cls0", "cls1", "cls2"]
+    subset = train_loader.dataset
+    counts = Counter(subset.dataset.targets[i] for i in subset.indices)
+    assert counts == {0: 20, 1: 15, 2: 10}  # 45 of 90, class proportions 4:3:2 (the first 45 files: class 0 only)
+    image, _ = subset[0]
+    assert image.shape == (1, 16, 16)

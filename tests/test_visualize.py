@@ -380,6 +380,7 @@ def test_visualize_checkpoint_written_by_save_model(tmp_path):
     ckpt = save_model(model, tmp_path / "pico.safetensors")
     image = grey_image(tmp_path / "digit.png")  # 50 x 40: the centre 40 x 40 square is what the model sees
     report = visualize(ckpt, tmp_path / "digit.png", tmp_path / "out", per_layer=True)
+    k = 6  # the smallest whole factor giving a shorter side >= 224 px: 300 x 240, sharp (nearest) pixels
     out = tmp_path / "out"
     assert report.rollout_cls == out / "digit-rollout-cls.png"
     assert report.rollout_dist == out / "digit-rollout-dist.png"
@@ -388,10 +389,11 @@ def test_visualize_checkpoint_written_by_save_model(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in report.paths)  # no temp files left
     for path in (report.rollout_cls, report.rollout_dist):
         with Image.open(path) as png:
-            assert png.size == image.size and png.mode == "RGB"
-            # outside the centre crop: the image darkened, no heat map
-            assert png.getpixel((2, 5)) == (image.getpixel((2, 5)) // 2,) * 3
-            assert png.getpixel((47, 30)) == (image.getpixel((47, 30)) // 2,) * 3
+            assert png.size == (50 * k, 40 * k) and png.mode == "RGB"
+            # outside the centre crop: the image darkened, no heat map, each pixel a k x k block
+            for x, y in ((2, 5), (47, 30)):
+                for dx, dy in ((0, 0), (k - 1, k - 1)):
+                    assert png.getpixel((x * k + dx, y * k + dy)) == (image.getpixel((x, y)) // 2,) * 3
     with Image.open(report.rollout_cls) as a, Image.open(report.rollout_dist) as b:
         assert a.tobytes() != b.tobytes()  # the two tokens' rollouts differ
     for path in (report.similarity_plot, report.per_layer):
@@ -423,7 +425,7 @@ def test_visualize_official_timm_layout(tmp_path):
     assert report.per_layer is None and len(report.paths) == 3
     for path in (report.rollout_cls, report.rollout_dist):
         with Image.open(path) as png:
-            assert png.size == (36, 36)
+            assert png.size == (36 * 7, 36 * 7)  # enlarged to a readable size
     _, x = preprocessed(ours, tmp_path / "colour.png")
     assert report.similarity == pytest.approx(token_similarity(ours, x), abs=1e-6)
     with torch.no_grad():
@@ -463,7 +465,34 @@ def test_rollout_in_visualize_matches_attention_rollout(tmp_path):
     report = visualize(model, tmp_path / "sq.png", tmp_path / "out", discard_ratio=0.2)
     _, x = preprocessed(model, tmp_path / "sq.png")
     flow = attention_rollout(attention_maps(model, x), 0, discard_ratio=0.2, num_prefix_tokens=2)
-    expected = overlay(Image.open(tmp_path / "sq.png"), flow[0].reshape(8, 8), 0.5)
+    enlarged = Image.open(tmp_path / "sq.png").resize((224, 224), Image.Resampling.NEAREST)  # 32 px x 7
+    expected = overlay(enlarged, flow[0].reshape(8, 8), 0.5)
     with Image.open(report.rollout_cls) as png:
         assert png.tobytes() == expected.tobytes()
     assert math.isclose(float(flow.max()), 1.0)
+
+
+def test_readable_enlarges_small_images_by_a_whole_factor():
+    from deit.visualize import readable
+
+    digit = Image.fromarray((torch.rand(28, 28) * 255).to(torch.uint8).numpy(), mode="L")
+    big, k = readable(digit)
+    assert k == 8 and big.size == (224, 224)
+    assert big.getpixel((8 * 5 + 7, 8 * 3)) == digit.getpixel((5, 3))  # nearest: sharp k x k blocks
+    photo = Image.new("RGB", (300, 250))
+    assert readable(photo) == (photo, 1)
+
+
+def test_overlay_covers_the_part_the_centre_crop_keeps(tmp_path):
+    """crop_pct 0.5 on a 50 x 40 image for a 32 px model: resized to 80 x 64, centre 32 x 32
+    kept, i.e. the box (15, 10)-(35, 30) of the original; outside it the image is darkened."""
+    image = grey_image(tmp_path / "img.png")
+    config = {"mean": [0.5], "std": [0.5], "crop_pct": 0.5}
+    report = visualize(tiny(), tmp_path / "img.png", tmp_path / "out", data_config=config)
+    k = 6
+    with Image.open(report.rollout_cls) as png:
+        assert png.size == (50 * k, 40 * k)
+        for x, y in ((14, 20), (36, 20), (25, 9), (25, 30), (2, 2)):  # just outside the box
+            assert png.getpixel((x * k, y * k)) == (image.getpixel((x, y)) // 2,) * 3
+        inside = [png.getpixel((x * k, y * k)) for x in range(15, 35, 3) for y in range(10, 30, 3)]
+        assert any(p[0] != p[2] for p in inside)  # coloured by the heat map

@@ -1,4 +1,4 @@
-"""Data sets for distillation training (issue "Distillation training system", item 2).
+"""Data sets for distillation training.
 
 Built-in data sets are small and decoded ONCE into memory as a uint8 array
 (:class:`ArrayImageDataset`); anything larger is an ImageFolder tree on disk.
@@ -36,12 +36,12 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from deit._validation import check_choice
-from deit.data.transforms import load_image
+from deit.data.decode import load_image, stored_channels
 
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
-    "dataset_info", "dataset_mean_std", "load_dataset", "read_idx",
+    "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,33 +166,51 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 
 
 class FolderDataset(ImageFolder):
-    """torchvision's ImageFolder, every image converted to RGB on load.
+    """torchvision's ImageFolder, every file decoded by :func:`deit.data.decode.load_image`
+    (EXIF orientation, 16-bit scaling) into ``L`` or ``RGB``.
+
+    ``channels`` is 1 when the folder holds grey images and 3 otherwise. Unless given, it
+    is detected from the headers of up to :attr:`PROBE_FILES` files spread evenly over the
+    sorted file list (so over the classes): 1 if every probed file stores grey pixels
+    (modes ``1``, ``L``, ``LA``, ``I;16``, ``I``, ``F``, or a palette of greys), else 3.
+    Images are then served in that mode; a model asking for the other channel count gets
+    them converted by its transform (grey replicated to RGB, or RGB to luma).
 
     A file that cannot be decoded (zero bytes, truncated, not an image) is handled by
-    ``bad_images`` (issue 5): ``"fail"`` raises :class:`CorruptDatasetError` naming the
-    file; ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
+    ``bad_images``: ``"fail"`` raises :class:`CorruptDatasetError` naming the file;
+    ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
     data-loader worker processes) and serves the next readable sample instead, so batch
     sizes and the epoch length do not change.
     """
 
-    channels = 3
+    PROBE_FILES = 64
     native_size = None
     hflip_ok = True
 
     def __init__(self, root: str, transform: Callable[[Image.Image], Any] | None = None, *,
-                 bad_images: str = "fail") -> None:
+                 bad_images: str = "fail", channels: int | None = None) -> None:
         import multiprocessing
 
         check_choice("bad_images", bad_images, BAD_IMAGE_POLICIES)
+        if channels is not None:
+            check_choice("channels", channels, (1, 3))
         try:
-            # decoded in full by load_image: a truncated file fails here, not later in a transform
-            super().__init__(root, transform=transform, loader=functools.partial(load_image, in_channels=3))
+            super().__init__(root, transform=transform)
         except FileNotFoundError as err:  # torchvision: "Found no valid file for the classes ..."
             raise DatasetNotFoundError(f"image folder {root}: {err} Every class folder needs at least one "
                                        "image file.") from None
+        self.channels = channels if channels is not None else self._probe_channels()
+        # decoded in full by load_image: a truncated file fails here, not later in a transform
+        self.loader = functools.partial(load_image, in_channels=self.channels)
         self.bad_images = bad_images
         self._skipped = multiprocessing.Value("i", 0)  # inherited by DataLoader workers
         self._bad_paths: set[str] = set()
+
+    def _probe_channels(self) -> int:
+        count = min(len(self.samples), self.PROBE_FILES)
+        positions = np.linspace(0, len(self.samples) - 1, count).round().astype(int)  # spread over classes
+        found = {stored_channels(self.samples[i][0]) for i in sorted(set(positions.tolist()))} - {None}
+        return 1 if found == {1} else 3
 
     @property
     def skipped(self) -> int:
@@ -344,6 +362,9 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         bad_images: image folders only: ``"fail"`` on an unreadable file (naming it) or
             ``"skip"`` it with a warning and a count (:class:`FolderDataset`).
 
+    An image folder's ``channels`` is detected from its files (:class:`FolderDataset`):
+    a folder of grey images gives 1, as the built-in grey data sets do.
+
     Returns:
         An :class:`ArrayImageDataset` or a :class:`FolderDataset`; both have ``classes``,
         ``targets``, ``channels``, ``native_size`` and ``hflip_ok``.
@@ -366,8 +387,35 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
         return _load_folder(Path(key), split, transform, bad_images)
-    raise ValueError(f"unknown data set {key!r}: expected one of {', '.join(BUILTIN_DATASETS)}, or an "
+    raise ValueError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                      "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+
+
+# --- subsets -------------------------------------------------------------------------------
+
+def stratified_indices(targets: Sequence[int], size: int, seed: int = 0) -> list[int]:
+    """``size`` indices of ``targets`` keeping the class proportions, chosen at random but
+    reproducibly (``seed``); returned sorted, i.e. in the data set's order.
+
+    Each class gets ``size * count / len(targets)`` rounded down, and the ``size`` left over
+    go to the classes with the largest remainders (ties: lower class index), the
+    largest-remainder rule; inside a class the images are a seeded random choice. An image
+    folder lists its files class by class, so the first ``size`` files would be one class.
+    """
+    targets_array = np.asarray(targets, dtype=np.int64)                       # (N,)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size:
+        raise ValueError(f"subset size {size!r} is invalid; expected a positive integer")
+    if size >= len(targets_array):
+        return list(range(len(targets_array)))
+    classes, counts = np.unique(targets_array, return_counts=True)           # (K,), (K,)
+    exact = size * counts / len(targets_array)                               # (K,) ideal share per class
+    quota = np.floor(exact).astype(np.int64)                                 # (K,)
+    order = np.lexsort((classes, -(exact - quota)))                          # largest remainder first
+    quota[order[: size - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(targets_array == label))[:take]
+              for label, take in zip(classes, quota)]
+    return sorted(int(i) for i in np.concatenate(chosen))
 
 
 # --- statistics and defaults ------------------------------------------------------------

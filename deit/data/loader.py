@@ -84,7 +84,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
         raise ValueError(
             f"batch_size={batch_size} is larger than the {len(sampler)} training samples per epoch on "
             f"rank {rank} (data set of {len(dataset)}, world_size={world_size}, repeated_aug={repeated_aug}); "
-            "with drop_last=True that would give 0 batches. Expected batch_size <= "
-            f"{len(sampler)}")
+            f"with drop_last=True that would give 0 batches. Expected batch_size <= {len(sampler)}: lower "
+            "--batch-size (or use more training images)")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=is_train, persistent_workers=False)

@@ -16,20 +16,21 @@ that returns the black image older Pillow produced for 0 bits (see :func:`_poste
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from timm.data import create_transform
 from timm.data import auto_augment as timm_auto_augment
 from torchvision import transforms as T
 
 from deit._validation import check_choice, check_positive_int
+from deit.data.decode import load_image  # every file is decoded there (EXIF, bit depth, channels)
 
-__all__ = ["INTERPOLATIONS", "ConvertMode", "build_transform", "load_image"]
+__all__ = ["CROP_MODES", "INTERPOLATIONS", "ConvertMode", "build_transform", "load_image"]
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")  # timm str_to_interp_mode
+CROP_MODES = ("center", "squash", "border")  # timm transforms_imagenet_eval
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -106,7 +107,8 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
                     std: Sequence[float], auto_augment: str | None = "rand-m9-mstd0.5-inc1",
                     color_jitter: float | None = 0.3, reprob: float = 0.25, remode: str = "pixel",
                     recount: int = 1, hflip: float = 0.5, scale: tuple[float, float] = (0.08, 1.0),
-                    interpolation: str = "bicubic") -> Callable[[Image.Image], torch.Tensor]:
+                    interpolation: str = "bicubic", crop_pct: float = 1.0,
+                    crop_mode: str = "center") -> Callable[[Image.Image], torch.Tensor]:
     """The DeiT train or eval transform: ``PIL.Image -> (in_channels, image_size, image_size)``.
 
     Training (``is_train=True``) is timm's ``create_transform(is_training=True)``: random
@@ -115,9 +117,14 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     ToTensor, Normalize, random erasing (``reprob``, ``remode``, ``recount``) — preceded by
     the mode conversion described in the module docstring.
 
-    Evaluation: resize to ``image_size`` and centre-crop with crop_pct=1.0 (nothing cut
-    away, so 28 px images lose no border; a square image already at ``image_size`` is
-    passed through unchanged), ToTensor, Normalize. The augmentation arguments are ignored.
+    Evaluation is timm's ``create_transform(is_training=False)``
+    (``timm/data/transforms_factory.py`` ``transforms_imagenet_eval``): the shorter side
+    resized to ``floor(image_size / crop_pct)`` with ``interpolation`` (``random`` means
+    bicubic here), centre crop ``image_size`` (``crop_mode`` ``squash`` resizes both sides
+    instead, ``border`` pads), ToTensor, Normalize. The official DeiT evaluation uses
+    ``crop_pct`` 0.875 at 224 px and 1.0 at 384 px (timm's ``pretrained_cfg``); the default
+    1.0 cuts nothing away, so 28 px images lose no border and a square image already at
+    ``image_size`` passes through unchanged. The augmentation arguments are ignored.
 
     ``mean`` / ``std`` are per channel in [0, 1] units with ``in_channels`` entries; a
     1-entry pair is replicated when ``in_channels=3``.
@@ -129,8 +136,13 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     std = _check_stats("std", std, in_channels)
     convert = ConvertMode(_MODES[in_channels])
     if not is_train:
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct={crop_pct!r} is invalid; expected the fraction of the resized image kept "
+                             "by the centre crop, in (0, 1] (--crop-pct)")
+        check_choice("crop_mode", crop_mode, CROP_MODES)
         eval_interp = "bicubic" if interpolation == "random" else interpolation
-        return T.Compose([convert, create_transform(input_size=image_size, is_training=False, crop_pct=1.0,
+        return T.Compose([convert, create_transform(input_size=image_size, is_training=False,
+                                                    crop_pct=float(crop_pct), crop_mode=crop_mode,
                                                     interpolation=eval_interp, mean=mean, std=std)])
     if auto_augment is not None and not (isinstance(auto_augment, str) and auto_augment):
         raise ValueError(f"auto_augment={auto_augment!r} is invalid; expected None or a timm policy "
@@ -152,19 +164,3 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     _patch_posterize(train)
     return T.Compose([convert, train])
 
-
-def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
-    """Read an image file for prediction, converted to ``L`` (1 channel) or ``RGB`` (3)."""
-    check_choice("in_channels", in_channels, tuple(_MODES))
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory; expected an image file")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now so a truncated file fails here, not in a transform
-            return image.convert(_MODES[in_channels])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as an image: it is not a format Pillow can decode or it "
-                         f"is truncated ({type(err).__name__}: {err})") from None

@@ -28,6 +28,7 @@ from torch import nn
 
 from deit._validation import check_choice
 from deit.models.precision import cpu_bf16_emulated
+from deit.models.teacher_output import TeacherRef, teacher_logits
 from deit.models.vit import ViT
 
 RETURN_LOGITS_TYPES = ("classification", "distillation", "fusion")
@@ -56,6 +57,9 @@ class DeiT(ViT):
     """
 
     num_prefix_tokens = 2
+    # teacher and its name (an nn.Module may be given as the name): held, never registered
+    _teacher_ref = TeacherRef(None)
+    _teacher_name_ref = TeacherRef(None)
 
     def __init__(
         self,
@@ -71,12 +75,11 @@ class DeiT(ViT):
             warnings.warn(
                 f"classifier_mlp_d={vit_kwargs['classifier_mlp_d']} is ignored: DeiT's class and "
                 "distillation heads are linear (paper §4, official checkpoints)", stacklevel=2)
-        self.__dict__["_teacher"] = None  # set before nn.Module.__init__ so _apply can see it
         super().__init__(**vit_kwargs)
         self._return_logits_type = return_logits_type
-        # plain attribute even for an nn.Module: registering it would put the teacher into the
-        # student's state_dict(), parameters() and optimizer (the earlier library's bug)
-        self.__dict__["teacher_model_name"] = teacher_model_name
+        # through the holder even for an nn.Module: nn.Module.__setattr__ would register it as a
+        # submodule, putting the teacher into the student's state_dict(), parameters() and optimizer
+        self._teacher_name_ref = TeacherRef(teacher_model_name)
         self.teacher_checkpoint = teacher_checkpoint
         self.checkpoint_dir = checkpoint_dir
         self.config.update(return_logits_type=return_logits_type)
@@ -167,7 +170,22 @@ class DeiT(ViT):
     @property
     def teacher(self) -> nn.Module | None:
         """The frozen teacher, or ``None``. Not a submodule (see module docstring)."""
-        return self.__dict__["_teacher"]
+        return self._teacher_ref.value
+
+    @property
+    def teacher_model_name(self) -> str | nn.Module | None:
+        """The teacher's name as given to the constructor (or the module given in its place)."""
+        return self._teacher_name_ref.value
+
+    @teacher_model_name.setter
+    def teacher_model_name(self, value: str | nn.Module | None) -> None:
+        self._teacher_name_ref = TeacherRef(value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "teacher_model_name":  # the property, even for a module (never a submodule)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def set_teacher(self, teacher: nn.Module | None) -> None:
         """Use ``teacher`` as the (frozen) teacher; ``None`` removes it."""
@@ -181,7 +199,7 @@ class DeiT(ViT):
             ref = self.pos_embed
             # channels_last: oneDNN's (depthwise) convolutions run ~1.5x faster in inference
             teacher.to(device=ref.device, dtype=ref.dtype, memory_format=torch.channels_last)
-        self.__dict__["_teacher"] = teacher
+        self._teacher_ref = TeacherRef(teacher)  # a new holder: deep copies keep sharing the old one
 
     def loadTeacherModel(self, checkpoint: str | os.PathLike | None = None) -> nn.Module:  # noqa: N802 (seed API)
         """Build the teacher named by ``teacher_model_name``, load its weights from a
@@ -211,42 +229,17 @@ class DeiT(ViT):
         return teacher
 
     def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits (B, num_classes) for ``x``: eval mode, ``torch.inference_mode``.
-
-        The result is cloned outside inference mode so it can serve as a loss target
-        (autograd may save targets for backward, which inference tensors forbid)."""
+        """Teacher logits (B, num_classes) for ``x``, computed by
+        :func:`deit.models.teacher_output.teacher_logits` (eval mode, inference mode, no
+        gradient, usable as a loss target)."""
         teacher = self.teacher
         if teacher is None:
             raise RuntimeError("this DeiT has no teacher: pass teacher_model_name= or call set_teacher()")
-        if teacher.training:  # someone called teacher.train(): the teacher is always frozen
-            teacher.eval()
-        with torch.inference_mode():
-            out = teacher(x)
-            if isinstance(out, (tuple, list)):  # e.g. a DeiT teacher returning (student, teacher)
-                out = out[0]
-        if out.ndim != 2 or out.shape[1] != self.num_classes:
-            raise ValueError(f"the teacher returned logits of shape {tuple(out.shape)}; expected "
-                             f"(batch, {self.num_classes}) to match the student's num_classes")
-        return out if torch.is_inference_mode_enabled() else out.clone()  # (B, K)
+        return teacher_logits(teacher, x, self.num_classes)  # (B, K)
 
     def _apply(self, fn: Callable, recurse: bool = True):
         """Move/cast the teacher with the student although it is not a submodule."""
         super()._apply(fn, recurse)
-        teacher = self.__dict__.get("_teacher")
-        if teacher is not None:
-            teacher._apply(fn)
+        if self.teacher is not None:
+            self.teacher._apply(fn)
         return self
-
-    def __deepcopy__(self, memo):
-        """Deep copies (EMA, checkpoint averaging) share the frozen teacher, not clone it."""
-        import copy
-
-        teacher = self.__dict__["_teacher"]
-        memo[id(teacher)] = teacher
-        cls = self.__class__
-        clone = cls.__new__(cls)
-        memo[id(self)] = clone
-        for key, value in self.__dict__.items():
-            clone.__dict__[key] = copy.deepcopy(value, memo)
-        return clone
-

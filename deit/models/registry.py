@@ -4,6 +4,8 @@ Names of the DeiT and ConvNeXt variants are timm's, so a checkpoint saved by tim
 official DeiT code for ``deit_small_distilled_patch16_224`` loads into the model of the
 same name here. The ``*_patch4_32`` DeiTs and ``convnext_*_32`` ConvNeXts are this
 library's small-image variants for 28–32 px data (Fashion-MNIST, CIFAR, digits).
+Every name has a pretrained configuration (:mod:`deit.models.pretrained`, timm's
+``pretrained_cfg``): the input its published weights expect and where those files are.
 """
 from __future__ import annotations
 
@@ -16,18 +18,28 @@ from torch import nn
 
 from deit.models.convnext import ConvNeXt
 from deit.models.deit import DeiT
+from deit.models.pretrained import PretrainedCfg, pretrained_cfg_names
+from deit.models.pretrained import get_pretrained_cfg as _builtin_pretrained_cfg
 from deit.models.vit import ViT
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
+_PRETRAINED: dict[str, PretrainedCfg] = {}
 
 
-def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a variant function under its own name; ``family`` is "vit" or "convnext"."""
+def register_model(family: str, pretrained_cfg: PretrainedCfg | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a variant function under its own name; ``family`` is "vit" or "convnext".
+
+    ``pretrained_cfg`` describes the variant's input and published weights; the built-in
+    names take theirs from :mod:`deit.models.pretrained`.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[fn.__name__] = fn
         _FAMILY[fn.__name__] = family
+        if pretrained_cfg is not None:
+            _PRETRAINED[fn.__name__] = pretrained_cfg
         return fn
 
     return wrap
@@ -65,35 +77,107 @@ def default_checkpoint_dir(checkpoint_dir: str | os.PathLike | None = None) -> P
     return Path(env) if env else None
 
 
+# timm's keyword names (timm/models/vision_transformer.py, convnext.py) -> ours, per family.
+# drop_path_rate on a ViT is handled apart: it sets two of our arguments.
+TIMM_ALIASES: dict[str, dict[str, str]] = {
+    "vit": {"img_size": "image_size", "in_chans": "in_channels", "drop_rate": "dropout",
+            "proj_drop_rate": "encoder_dropout", "attn_drop_rate": "encoder_attention_dropout"},
+    "convnext": {"in_chans": "in_channels", "drop_rate": "head_dropout"},
+}
+_GLOBAL_POOL = {"vit": "token", "convnext": "avg"}  # the one pooling each family implements
+
+
+def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments with timm's keyword names translated to ours.
+
+    ``drop_path_rate`` on a ViT/DeiT becomes ``stochastic_depth=True`` with
+    ``stochastic_depth_mp=rate`` (both rise linearly over the blocks from 0, as timm's
+    ``dpr``); ``global_pool`` is accepted only with the pooling the family has ("token" for
+    ViT/DeiT, "avg" for ConvNeXt) and then dropped. Giving an alias together with the name it
+    stands for is an error naming both.
+    """
+    family = model_family(name)
+    out = dict(kwargs)
+    for alias, native in TIMM_ALIASES[family].items():
+        if alias in out:
+            if native in out:
+                raise ValueError(f"{alias}={out[alias]!r} (timm's name) and {native}={out[native]!r} were both given "
+                                 f"for {name}; they are the same setting: pass only one")
+            out[native] = out.pop(alias)
+    if "img_size" in out:  # ConvNeXt: fully convolutional, no size argument
+        raise ValueError(f"img_size={out['img_size']!r} does not apply to {name}: ConvNeXt takes any input size "
+                         "(omit img_size)")
+    if family == "vit" and "drop_path_rate" in out:
+        given = [k for k in ("stochastic_depth", "stochastic_depth_mp") if k in out]
+        if given:
+            raise ValueError(f"drop_path_rate={out['drop_path_rate']!r} (timm's name) and {given[0]}={out[given[0]]!r} "
+                             f"were both given for {name}; drop_path_rate sets stochastic_depth and "
+                             "stochastic_depth_mp: pass one or the other")
+        rate = out.pop("drop_path_rate")
+        out.update(stochastic_depth=bool(rate), stochastic_depth_mp=rate)
+    if "global_pool" in out:
+        pool = out.pop("global_pool")
+        if pool != _GLOBAL_POOL[family]:
+            raise ValueError(f"global_pool={pool!r} is not supported by {name}: it pools with "
+                             f"{_GLOBAL_POOL[family]!r} only (omit global_pool or pass {_GLOBAL_POOL[family]!r})")
+    return out
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The pretrained configuration of a registered name (see :mod:`deit.models.pretrained`).
+
+    Raises:
+        ValueError: unknown name, or a name registered without a configuration.
+    """
+    check_model_name(name)
+    if name in _PRETRAINED:
+        return _PRETRAINED[name]
+    if name in pretrained_cfg_names():
+        return _builtin_pretrained_cfg(name)
+    raise ValueError(f"model {name!r} was registered without a pretrained configuration; register it with "
+                     "register_model(family, pretrained_cfg=PretrainedCfg(input_size=(3, H, W), ...))")
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None,
-                 num_classes: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 num_classes: int | None = None, checkpoint_dir: str | os.PathLike | None = None, *,
+                 cache_dir: str | os.PathLike | None = None, download: bool | None = None, progress: bool = True,
                  **overrides: Any) -> nn.Module:
     """Build a registered model, optionally loading weights.
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: load ``<name>.safetensors`` or ``<name>.pth`` from ``checkpoint_dir`` /
-            ``$DEIT_CHECKPOINT_DIR``. Nothing is ever downloaded.
+        pretrained: load the variant's published weights, found by
+            :func:`deit.hub.resolve_pretrained_file`: ``checkpoint_dir`` /
+            ``$DEIT_CHECKPOINT_DIR`` (``<name>.safetensors|.pth`` or the published file name),
+            then the download cache, then the download (verified, into the cache).
         checkpoint: explicit weights file (any format :func:`deit.checkpoint.load_pretrained`
             reads); implies ``pretrained``.
         num_classes: override the number of classes; a checkpoint head of another size is
             then dropped and re-initialised (logged).
         checkpoint_dir: where ``pretrained`` weights — and a named teacher's weights — are
             looked up; defaults to ``$DEIT_CHECKPOINT_DIR``.
-        overrides: any constructor argument (``image_size=384``, ``teacher_model_name=…``).
+        cache_dir, download, progress: the download cache (default ``$DEIT_CACHE`` or
+            ``~/.cache/deit``), whether a download is allowed (default: unless
+            ``$DEIT_OFFLINE`` is set) and its progress bar.
+        overrides: any constructor argument (``image_size=384``, ``teacher_model_name=…``),
+            or its timm name (``img_size``, ``in_chans``, ``drop_rate``, ``drop_path_rate``,
+            ``global_pool``; see :func:`resolve_timm_kwargs`).
     """
-    from deit.checkpoint import find_checkpoint, load_pretrained
+    from deit.checkpoint import load_pretrained
 
     check_model_name(name)
+    overrides = resolve_timm_kwargs(name, overrides)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     if checkpoint_dir is not None and overrides.get("teacher_model_name") is not None:
         overrides.setdefault("checkpoint_dir", checkpoint_dir)
+    if checkpoint is None and pretrained:  # found (or failed) before building a large model
+        from deit.hub import resolve_pretrained_file
+
+        checkpoint = resolve_pretrained_file(name, checkpoint_dir=checkpoint_dir, cache_dir=cache_dir,
+                                             download=download, progress=progress)
     model = _MODELS[name](**overrides)
     model.model_name = name
-    if checkpoint is None and pretrained:
-        checkpoint = find_checkpoint(name, default_checkpoint_dir(checkpoint_dir),
-                                     what=f"pretrained weights for {name!r}")
     if checkpoint is not None:
         load_pretrained(model, checkpoint)
     return model

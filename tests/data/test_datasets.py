@@ -21,6 +21,7 @@ from deit.data.datasets import (
     dataset_mean_std,
     load_dataset,
     read_idx,
+    stratified_indices,
 )
 
 
@@ -225,6 +226,46 @@ def test_image_folder_loads_rgb(tmp_path):
     assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
 
 
+def grey_folder(root, writer, classes=("a", "b", "c"), per_class=3):
+    """root/{train,val}/<class>/<i>.<ext>, every file written by ``writer(path, array)``."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                writer(root / split / name / f"{i}", rng.integers(0, 256, (9, 11), dtype=np.uint8))
+    return root
+
+
+GREY_WRITERS = {
+    "8-bit PNG": lambda path, a: Image.fromarray(a).save(f"{path}.png"),
+    "16-bit PNG": lambda path, a: Image.fromarray(a.astype(np.uint16) * 257).save(f"{path}.png"),
+    "grey JPEG": lambda path, a: Image.fromarray(a).save(f"{path}.jpg"),
+    "bilevel PNG": lambda path, a: Image.fromarray(a > 127).save(f"{path}.png"),
+}
+
+
+@pytest.mark.parametrize("kind", list(GREY_WRITERS))
+def test_grey_image_folder_has_one_channel(tmp_path, kind):
+    root = grey_folder(tmp_path / "grey", GREY_WRITERS[kind])
+    train = load_dataset(str(root), "train", transform=lambda im: im)
+    assert train.channels == 1 and dataset_info(str(root), train).channels == 1
+    image, _ = train[4]
+    assert image.mode == "L" and image.size == (11, 9)
+    if kind == "16-bit PNG":  # scaled to 8 bits: the values written, not white
+        written = np.asarray(Image.open(train.samples[4][0]), dtype=np.uint16) >> 8
+        np.testing.assert_array_equal(np.asarray(image), written)
+
+
+def test_one_colour_file_makes_a_folder_rgb(tmp_path):
+    root = grey_folder(tmp_path / "mixed", GREY_WRITERS["8-bit PNG"])
+    Image.fromarray(np.zeros((9, 11, 3), np.uint8)).save(root / "train" / "b" / "colour.png")
+    train = load_dataset(str(root), "train", transform=lambda im: im)
+    assert train.channels == 3 and train[0][0].mode == "RGB"
+    forced = FolderDataset(str(root / "train"), channels=1)
+    assert forced.channels == 1 and forced[0][0].mode == "L"
+
+
 def test_image_folder_missing_split(tmp_path):
     root = make_folder(tmp_path / "pets", splits=("train",))
     with pytest.raises(DatasetNotFoundError, match="split folder .*pets/val does not exist"):
@@ -240,8 +281,8 @@ def test_image_folder_class_mismatch(tmp_path):
 
 
 def test_unknown_name_and_split(tmp_path):
-    with pytest.raises(ValueError, match="unknown data set 'cifar': expected one of digits, fashion-mnist, "
-                                         "mnist, or an existing directory holding train/ and val/"):
+    with pytest.raises(ValueError, match="unknown data set 'cifar' \\(--dataset\\): expected one of digits, "
+                                         "fashion-mnist, mnist, or an existing directory holding train/ and val/"):
         load_dataset("cifar", "train")
     with pytest.raises(ValueError, match="split='test' is not supported"):
         load_dataset("digits", "test")
@@ -267,3 +308,28 @@ def test_dataset_info_defaults():
     assert dataset_info("fashion-mnist").hflip_ok is True and dataset_info("fashion-mnist").num_classes == 10
     with pytest.raises(ValueError, match="not a built-in data set"):
         dataset_info("/some/folder")
+
+
+# --- class-stratified subsets ----------------------------------------------------------------
+
+def test_stratified_subset_keeps_class_proportions_like_sklearn():
+    from sklearn.model_selection import train_test_split
+
+    targets = np.repeat(np.arange(7), [300, 150, 90, 60, 200, 17, 183])  # sorted by class, as an image folder
+    for size in (7, 50, 512, 900):
+        chosen = stratified_indices(targets, size, seed=0)
+        assert len(chosen) == size == len(set(chosen)) and chosen == sorted(chosen)
+        ours = np.bincount(targets[chosen], minlength=7)
+        reference, _ = train_test_split(targets, train_size=size, stratify=targets, random_state=0)
+        assert np.abs(ours - np.bincount(reference, minlength=7)).max() <= 1, size
+        assert np.abs(ours - size * np.bincount(targets) / len(targets)).max() < 1  # largest-remainder quotas
+    assert np.bincount(targets[stratified_indices(targets, 512)]).min() > 0       # not the first class only
+
+
+def test_stratified_subset_is_seeded():
+    targets = np.repeat(np.arange(3), 40)
+    assert stratified_indices(targets, 30, seed=5) == stratified_indices(targets, 30, seed=5)
+    assert stratified_indices(targets, 30, seed=5) != stratified_indices(targets, 30, seed=6)
+    assert stratified_indices(targets, 500) == list(range(120))
+    with pytest.raises(ValueError, match="subset size 0"):
+        stratified_indices(targets, 0)

@@ -64,6 +64,42 @@ def test_eval_resizes_small_images_and_reduces_rgb_to_grey():
     torch.testing.assert_close(out, torch.zeros(1, 20, 20))
 
 
+@pytest.mark.parametrize("size, crop_pct, interpolation, crop_mode", [
+    ((500, 375), 0.875, "bicubic", "center"),  # timm's default (official DeiT eval at 224 px: 256 -> 224)
+    ((375, 500), 0.9, "bicubic", "center"),  # timm's pretrained_cfg of the DeiT releases
+    ((97, 61), 1.0, "bilinear", "center"),  # the 384 px releases keep the whole shorter side
+    ((80, 50), 0.8, "nearest", "squash"),
+])
+def test_eval_is_timms_eval_transform(size, crop_pct, interpolation, crop_mode):
+    """Resize the shorter side to floor(size / crop_pct), centre crop, normalise: equal to
+    timm's create_transform(is_training=False) and to the same steps written out in torchvision."""
+    import math
+
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = build_transform(is_train=False, image_size=48, in_channels=3, mean=RGB_MEAN, std=RGB_STD,
+                           crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode)(rgb)
+    timm_eval = create_transform(input_size=48, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                                 crop_mode=crop_mode, mean=RGB_MEAN, std=RGB_STD)
+    torch.testing.assert_close(ours, timm_eval(rgb), rtol=0, atol=0)
+    scale = math.floor(48 / crop_pct)
+    filters = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+               "nearest": T.InterpolationMode.NEAREST}
+    by_hand = T.Compose([T.Resize(scale if crop_mode == "center" else (scale, scale),
+                                  interpolation=filters[interpolation]),
+                         T.CenterCrop(48), T.ToTensor(), T.Normalize(RGB_MEAN, RGB_STD)])(rgb)
+    torch.testing.assert_close(ours, by_hand, rtol=0, atol=0)
+
+
+def test_eval_crop_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"crop_pct=1.5 is invalid.*--crop-pct"):
+        build_transform(is_train=False, image_size=16, in_channels=1, mean=MEAN, std=STD, crop_pct=1.5)
+    with pytest.raises(ValueError, match="crop_mode"):
+        build_transform(is_train=False, image_size=16, in_channels=1, mean=MEAN, std=STD, crop_mode="corner")
+
+
 def test_eval_is_deterministic_and_train_is_random():
     image = grey_image()
     evaluate = build_transform(is_train=False, image_size=28, in_channels=1, mean=MEAN, std=STD)

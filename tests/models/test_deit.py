@@ -258,3 +258,19 @@ def test_module_teacher_given_to_the_constructor_is_not_part_of_the_student():
     assert student.teacher is teacher and student.teacher_model_name is teacher
     student.train()
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_holders_are_shared_by_copies_and_never_registered():
+    """EMA copies share the teacher; replacing it on a copy leaves the original's alone;
+    assigning a module to teacher_model_name does not make it a submodule."""
+    teacher = small_teacher()
+    model = DeiT(**SMALL, teacher_model_name=teacher)
+    clone = copy.deepcopy(model)
+    assert clone.teacher is teacher and clone.teacher_model_name is teacher
+    clone.set_teacher(None)
+    assert clone.teacher is None and model.teacher is teacher
+    other = small_teacher()
+    model.teacher_model_name = other
+    assert model.teacher_model_name is other
+    assert not any(m is other for m in model.modules())
+    assert not any(k.startswith("teacher") for k in model.state_dict())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deit import DeiT, create_model, list_models
+from deit import DeiT, create_model, list_models, register_model
 from deit.models.registry import model_family
 
 ALL = list_models()
@@ -90,5 +90,85 @@ def test_overrides_and_pretrained_from_checkpoint_dir(tmp_path):
                          image_size=28, patchify_technique="linear")
     for key, value in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
-    with pytest.raises(MissingCheckpointError, match="deit_tiny_patch16_224.safetensors"):
-        create_model("deit_tiny_patch16_224", pretrained=True, checkpoint_dir=tmp_path)
+    with pytest.raises(MissingCheckpointError, match="downloads are disabled.*deit_tiny_patch16_224.safetensors"):
+        create_model("deit_tiny_patch16_224", pretrained=True, checkpoint_dir=tmp_path, download=False)
+
+
+# --- timm keyword names ------------------------------------------------------------------
+
+def test_timm_drop_path_rate_gives_timms_per_block_rates():
+    import timm
+
+    with torch.device("meta"):
+        ours = create_model("deit_small_patch16_224", drop_path_rate=0.1)
+        theirs = timm.create_model("deit_small_patch16_224", drop_path_rate=0.1)
+    assert ours.config["stochastic_depth"] is True and ours.config["stochastic_depth_mp"] == 0.1
+    assert [b.drop_path1.drop_prob for b in ours.blocks] == \
+        pytest.approx([getattr(b.drop_path1, "drop_prob", 0.0) for b in theirs.blocks])
+    assert create_model("deit_pico_patch4_32", drop_path_rate=0.0).config["stochastic_depth"] is False
+
+
+def test_timm_names_build_the_same_vit_as_ours_and_as_timm():
+    import timm
+
+    aliased = create_model("deit_pico_distilled_patch4_32", img_size=48, in_chans=1, drop_rate=0.1,
+                           proj_drop_rate=0.2, attn_drop_rate=0.3, global_pool="token", num_classes=5)
+    native = create_model("deit_pico_distilled_patch4_32", image_size=48, in_channels=1, dropout=0.1,
+                          encoder_dropout=0.2, encoder_attention_dropout=0.3, num_classes=5)
+    assert aliased.config == native.config
+    with torch.device("meta"):
+        theirs = timm.create_model("deit_tiny_distilled_patch16_224", img_size=48, in_chans=1, num_classes=5)
+        ours = create_model("deit_tiny_distilled_patch16_224", img_size=48, in_chans=1, num_classes=5)
+    shapes = {k: v.shape for k, v in theirs.state_dict().items()}
+    assert {k: shapes[k] for k in ("pos_embed", "patch_embed.proj.weight", "head.weight")} == \
+        {k: ours.state_dict()[k].shape for k in ("pos_embed", "patch_embed.proj.weight", "head.weight")}
+
+
+def test_timm_names_for_convnext():
+    aliased = create_model("convnext_atto_32", in_chans=1, drop_rate=0.2, drop_path_rate=0.1, global_pool="avg")
+    native = create_model("convnext_atto_32", in_channels=1, head_dropout=0.2, drop_path_rate=0.1)
+    assert aliased.config == native.config
+    with pytest.raises(ValueError, match="img_size=64 does not apply to convnext_atto_32"):
+        create_model("convnext_atto_32", img_size=64)
+    with pytest.raises(ValueError, match="global_pool='token' is not supported by convnext_atto_32.*'avg'"):
+        create_model("convnext_atto_32", global_pool="token")
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("deit_pico_patch4_32", dict(img_size=32, image_size=32), "img_size=32 .* and image_size=32"),
+    ("deit_pico_patch4_32", dict(in_chans=1, in_channels=1), "in_chans=1 .* and in_channels=1"),
+    ("deit_pico_patch4_32", dict(drop_rate=0.1, dropout=0.1), "drop_rate=0.1 .* and dropout=0.1"),
+    ("deit_pico_patch4_32", dict(drop_path_rate=0.1, stochastic_depth_mp=0.1),
+     "drop_path_rate=0.1 .* and stochastic_depth_mp=0.1"),
+    ("deit_pico_patch4_32", dict(drop_path_rate=0.1, stochastic_depth=True), "drop_path_rate=0.1 .* and stochastic_depth"),
+    ("convnext_atto_32", dict(drop_rate=0.1, head_dropout=0.1), "drop_rate=0.1 .* and head_dropout=0.1"),
+])
+def test_alias_with_its_native_name_is_an_error(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model(name, **kwargs)
+
+
+def test_vit_global_pool_other_than_token_is_an_error():
+    with pytest.raises(ValueError, match="global_pool='avg' is not supported by deit_pico_patch4_32.*'token'"):
+        create_model("deit_pico_patch4_32", global_pool="avg")
+
+
+def test_registered_models_carry_their_pretrained_configuration(monkeypatch):
+    from deit.models import PretrainedCfg, get_pretrained_cfg, registry
+
+    for table in ("_MODELS", "_FAMILY", "_PRETRAINED"):  # the registrations below end with the test
+        monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+    cfg = PretrainedCfg(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,), num_classes=10, label_set=None)
+
+    @register_model("vit", pretrained_cfg=cfg)
+    def my_vit_28(**kw):
+        return DeiT(image_size=28, patch_size=4, d_model=32, encoder_num_heads=2, num_encoder_blocks=1,
+                    encoder_mlp_d=64, in_channels=1, **kw)
+
+    @register_model("vit")
+    def my_vit_without_cfg(**kw):
+        return DeiT(image_size=28, patch_size=4, d_model=32, encoder_num_heads=2, num_encoder_blocks=1, **kw)
+
+    assert get_pretrained_cfg("my_vit_28") is cfg and not cfg.has_weights
+    with pytest.raises(ValueError, match="'my_vit_without_cfg' was registered without a pretrained configuration"):
+        get_pretrained_cfg("my_vit_without_cfg")
