@@ -59,16 +59,16 @@ def find_checkpoint(stem: str, directory: Path | None, *, what: str, hint: str =
     if directory is None:
         raise MissingCheckpointError(
             f"no checkpoint for {what}: no path was given and no checkpoint directory is set. "
-            "Pass an explicit checkpoint path, or a checkpoint directory (checkpoint_dir= / "
-            f"--checkpoint-dir, or the DEIT_CHECKPOINT_DIR environment variable) holding "
-            f"{stem}.safetensors or {stem}.pth. Nothing is downloaded.{hint}")
+            "Pass an explicit checkpoint path, or a checkpoint directory (checkpoint_dir=, or the "
+            f"DEIT_CHECKPOINT_DIR environment variable) holding {stem}.safetensors or {stem}.pth. This lookup "
+            f"downloads nothing (published weights: pretrained=True).{hint}")
     tried = [directory / f"{stem}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
     for path in tried:
         if path.is_file():
             return path
     raise MissingCheckpointError(
         f"no checkpoint for {what}; tried: {', '.join(str(p) for p in tried)}. "
-        f"Nothing is downloaded.{hint}")
+        f"This lookup downloads nothing (published weights: pretrained=True).{hint}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:

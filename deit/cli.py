@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train (or converted weights)")
     p.add_argument("--output", required=True, help="model.onnx, or model.pt for TorchScript")
     p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the suffix of --output")
-    p.add_argument("--head", default="fusion", choices=["fusion", "cls", "dist", "all"],
-                   help="DeiT output(s): fused prediction (default), one head, or all three")
+    p.add_argument("--head", choices=["fusion", "cls", "dist", "all"],
+                   help="DeiT output(s): fused prediction, one head, or all three (default: the model's own "
+                        "return_logits_type, fusion for a distilled DeiT)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights stored in the checkpoint")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance on logits")

@@ -160,8 +160,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
              teacher: nn.Module | None = None, collect_predictions: bool = False) -> dict[str, Any]:
     """Top-1 / top-5 (percent) and loss on ``loader``, summed exactly over processes.
 
-    A DeiT reports its class head (``cls_*``), distillation head (``dist_*``) and their
-    fusion (``acc1`` / ``acc5``, the mean of the logits). With ``teacher``, the share of
+    A DeiT reports its class head (``cls_*``), distillation head (``dist_*``) and its own
+    eval output (``acc1`` / ``acc5``): the fusion, the mean of the two heads' logits, unless
+    its ``return_logits_type`` selects one head. With ``teacher``, the share of
     images where each head's prediction equals the teacher's (``*agree``) is reported too.
     ``collect_predictions`` adds ``predictions`` / ``targets`` tensors (single process).
     """
@@ -179,8 +180,11 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
         with amp.autocast(device):
             if two_heads:
                 cls_logits, dist_logits = net.forward_heads(net.forward_features(images))
+                fused = (cls_logits.float() + dist_logits.float()) / 2  # (B, K)
+                chosen = {"classification": cls_logits, "distillation": dist_logits}.get(net.return_logits_type)
+                # the model's own eval output: fusion, or one head (a plain HF DeiT has one trained head)
                 outputs = {"cls": cls_logits.float(), "dist": dist_logits.float(),
-                           "": (cls_logits.float() + dist_logits.float()) / 2}
+                           "": fused if chosen is None else chosen.float()}
             else:
                 outputs = {"": net(images).float()}
             teacher_pred = None if teacher is None else \

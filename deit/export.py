@@ -1,7 +1,9 @@
 """Export a trained model to ONNX or TorchScript, verified against PyTorch.
 
 The exported graph is the *student* only (the teacher is a training-time companion) and
-returns, for a DeiT, the head chosen with ``head``: ``"fusion"`` (mean of the two heads'
+returns, for a DeiT, the head chosen with ``head``: by default the model's own eval output
+(its ``return_logits_type``: ``"fusion"`` for our distilled variants, the class head for a
+plain HF ``DeiTForImageClassification``), else ``"fusion"`` (mean of the two heads'
 logits, the paper's DeiT⚗ prediction), ``"cls"``, ``"dist"`` or ``"all"`` (three outputs
 ``cls``, ``dist``, ``fusion``); a ViT or ConvNeXt has one output, ``logits``. The batch axis
 is dynamic.
@@ -34,15 +36,18 @@ __all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_m
 EXPORT_FORMATS = ("onnx", "torchscript")
 HEADS = ("fusion", "cls", "dist", "all")
 METADATA_KEY = "deit.json"
+RETURN_TYPE_HEADS = {"classification": "cls", "distillation": "dist", "fusion": "fusion"}  # DeiT.return_logits_type
 
 
 class ExportHead(nn.Module):
     """The student with a fixed output: images (B, C, H, W) -> logits (B, K) or a tuple."""
 
-    def __init__(self, model: nn.Module, head: str = "fusion") -> None:
+    def __init__(self, model: nn.Module, head: str | None = None) -> None:
         super().__init__()
-        check_choice("head", head, HEADS)
         self.distilled = hasattr(model, "forward_heads")
+        if head is None:  # the model's own eval output (a plain HF DeiT: its class head only)
+            head = RETURN_TYPE_HEADS.get(getattr(model, "return_logits_type", "fusion"), "fusion")
+        check_choice("head", head, HEADS)
         if not self.distilled and head != "fusion":
             raise ValueError(f"head={head!r} needs a distilled model (cls and dist heads); "
                              f"{getattr(model, 'model_name', type(model).__name__)} has a single head: "
@@ -97,7 +102,7 @@ def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: S
     return metadata
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, head: str = "fusion",
+def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, head: str | None = None,
                  data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
                  opset: int = 18, batch_size: int = 2, overrides: Mapping[str, Any] | None = None,
                  class_ids: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
@@ -199,7 +204,7 @@ def run_exported(path: str | os.PathLike, images: torch.Tensor) -> list[np.ndarr
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tensor, *, head: str = "fusion",
+def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tensor, *, head: str | None = None,
                   atol: float = 1e-4) -> dict[str, float]:
     """Max |exported - PyTorch| per output on ``images``; raises ``AssertionError`` above ``atol``."""
     wrapper = ExportHead(model, head)
@@ -237,7 +242,7 @@ def real_images(data_config: Mapping[str, Any], metadata: Mapping[str, Any], cou
     return torch.stack([val[i * step][0] for i in range(min(count, len(val)))])  # (B, C, H, W)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, head: str = "fusion",
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, head: str | None = None,
                       fmt: str | None = None, use_ema: bool = False, opset: int = 18, atol: float = 1e-4,
                       data_dir: str | None = None, verify: bool = True,
                       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -153,7 +153,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     json_path = out_dir / f"{stem}-eval.json"
     json_path.write_text(json.dumps({"checkpoint": str(path), "dataset": dataset, "metrics": metrics,
                                      "confusion_matrix": matrix.tolist(), "classes": classes}, indent=2))
-    heads = ["cls", "dist", "fusion"] if isinstance(model, DeiT) else ["model"]
+    # a DeiT whose return_logits_type picks one head (a plain HF DeiT) reports that head as its output
+    heads = (["cls", "dist", "fusion" if model.return_logits_type == "fusion" else "model"]
+             if isinstance(model, DeiT) else ["model"])
     return EvalReport(str(path), dataset, metrics, png, json_path, heads)
 
 

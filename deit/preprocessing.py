@@ -106,7 +106,7 @@ def _variant(model: nn.Module) -> tuple[dict[str, Any] | None, bool]:
 def _pretrained_cfg(name: str | None) -> Any:
     if not name:
         return None
-    from deit.models.pretrained import get_pretrained_cfg
+    from deit.models.registry import get_pretrained_cfg
 
     try:
         return get_pretrained_cfg(name)

@@ -8,12 +8,11 @@ What it shows:
    library's format, recording the architecture;
 2. ``deit.inference.load_for_inference`` rebuilds the model from the converted file alone
    (no architecture to repeat), in eval mode;
-3. ``deit.inference.Predictor`` prints the top-5 ImageNet classes of each image (names from
-   timm's bundled ImageNet metadata). The converted weights carry no ``data_config``, so the
-   preprocessing is given here: ImageNet mean and std, as the official evaluation. The
-   Predictor resizes the whole image to the model's size (crop_pct 1.0), while the official
-   evaluation resizes to 256 and centre-crops 224 (crop_pct 0.875): probabilities can differ
-   slightly from the paper's protocol;
+3. ``deit.inference.Predictor.from_checkpoint`` prints the top-5 ImageNet classes of each
+   image. The converted file carries no preprocessing of its own, so the variant's published
+   configuration applies (``deit.get_pretrained_cfg``: ImageNet mean/std, bicubic resize to
+   size / crop_pct, centre crop — crop_pct 0.875 for DeiT-Ti⚗, as timm's ``_cfg``), and the
+   class names and synset ids come from timm's bundled ImageNet metadata;
 4. the reference check: timm's model of the same name, loaded with the ORIGINAL file, must
    give the same logits as ours on the same input (class head, distillation head and their
    fusion). The maximum absolute difference is printed; above ``--tolerance`` the script
@@ -49,11 +48,6 @@ import deit
 from deit.checkpoint import extract_state_dict, read_checkpoint
 from deit.data import load_image
 from deit.inference import Predictor, load_for_inference
-
-# The official DeiT (and timm's pretrained_cfg) normalise with ImageNet's statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -154,15 +148,6 @@ def compare_with_timm(model: torch.nn.Module, reference: torch.nn.Module, batch:
     return {name: (ours - ref).abs().max().item() for name, (ours, ref) in pairs.items()}
 
 
-def class_names(num_classes: int) -> list[str]:
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
-    return [str(i) for i in range(num_classes)]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = Path(args.output)
@@ -188,10 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {type(model).__name__} {model.model_name}: {n_params / 1e6:.2f}M parameters, "
           f"{model.image_size} px, {model.num_classes} classes")
 
-    # 3. top-k with ImageNet preprocessing (resize + centre crop to the model's size, normalise)
-    data_config = {"image_size": model.image_size, "in_channels": model.in_channels,
-                   "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    predictor = Predictor(model, class_names(model.num_classes), data_config)
+    # 3. top-k with the variant's published preprocessing and ImageNet class names
+    predictor = Predictor.from_checkpoint(converted)
     for result in predictor.predict_files(images, topk=args.topk):
         print(f"{result['image']}:")
         for rank, top in enumerate(result["top"], 1):

@@ -244,3 +244,21 @@ def test_export_preprocessing_flags_are_recorded(trained_checkpoint, tmp_path, c
     meta = load_metadata(tmp_path / "m.pt")
     assert (meta["crop_pct"], meta["interpolation"], meta["mean"], meta["std"]) == (0.8, "bilinear", [0.2], [0.3])
     assert "verified on real images" in capsys.readouterr().out  # real images preprocessed with these settings
+
+
+def test_default_head_follows_the_models_own_output():
+    """A DeiT whose return_logits_type picks one head (how a plain HF DeiTForImageClassification
+    loads: its distillation head is untrained) exports and evaluates that head, not the fusion."""
+    from deit.engine import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("deit_pico_distilled_patch4_32", num_classes=5, return_logits_type="classification").eval()
+    x = torch.randn(4, 3, 32, 32)  # (B, C, H, W)
+    with torch.no_grad():
+        cls_logits, dist_logits = model.forward_heads(model.forward_features(x))  # (B, K) each
+        torch.testing.assert_close(ExportHead(model)(x), cls_logits)
+        torch.testing.assert_close(ExportHead(model, "fusion")(x), (cls_logits + dist_logits) / 2)
+    assert ExportHead(model).output_names == ["cls"]
+    targets = cls_logits.argmax(1)  # the class head is right on every image
+    metrics = evaluate(model, [(x, targets)], device=torch.device("cpu"))
+    assert metrics["acc1"] == metrics["cls_acc1"] == 100.0

@@ -123,10 +123,9 @@ def make_teacher_hint(resolved: str) -> str:
         return (f" A timm teacher needs its trained weights in timm's format: train {timm_name} with timm on "
                 f"your data, save them with torch.save(model.state_dict(), '{stem}.pth') and pass "
                 f"--teacher-checkpoint {stem}.pth (Python: teacher_checkpoint='{stem}.pth').")
-    from deit.models.pretrained import get_pretrained_cfg
-
+    cfg = _registered_cfg(resolved)
     published = (f" {resolved} has published ImageNet weights: --teacher-pretrained loads them."
-                 if get_pretrained_cfg(resolved).has_weights else "")
+                 if cfg is not None and cfg.has_weights else "")
     return (f" To make one, train the teacher on your data: deit train --model {resolved} --dataset DATA "
             f"--output runs/teacher, then pass --teacher-checkpoint runs/teacher/best.pth (Python: "
             f"teacher_checkpoint=...), or save a trained model with "
@@ -174,12 +173,21 @@ def _published_statistics(resolved: str) -> tuple[tuple[float, ...], tuple[float
         if cfg is None or not cfg.mean or not cfg.std:
             return None
         return tuple(cfg.mean), tuple(cfg.std), f"timm's pretrained_cfg of {resolved}", len(cfg.mean)
-    from deit.models.pretrained import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(resolved)
-    if not cfg.has_weights:  # this library's small-image variants: no published statistics
+    cfg = _registered_cfg(resolved)
+    if cfg is None or not cfg.has_weights:  # the small-image variants: no published statistics
         return None
     return tuple(cfg.mean), tuple(cfg.std), f"the pretrained configuration of {resolved}", cfg.input_size[0]
+
+
+def _registered_cfg(name: str):
+    """The registered variant's pretrained configuration, or ``None`` for a name registered
+    without one (``register_model`` without ``pretrained_cfg=``)."""
+    from deit.models.registry import get_pretrained_cfg
+
+    try:
+        return get_pretrained_cfg(name)
+    except ValueError:
+        return None
 
 
 def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
