@@ -1,7 +1,9 @@
 """Classify images with an exported ONNX file and onnxruntime alone.
 
 No torch and none of this library's model code: only numpy, Pillow and onnxruntime, so the
-file can be copied to a machine without PyTorch. The preprocessing is the one recorded in
+file can be copied to a machine without PyTorch together with ``data/decode.py`` beside it
+(the library's one image decoder: EXIF orientation, 16-bit scaling), which it loads by path
+when the ``deit`` package cannot be imported. The preprocessing is the one recorded in
 the file by :func:`deit.export.export_model` and reproduces the library's evaluation
 transform, timm's (shorter side resized to ``floor(image_size / crop_pct)`` with the
 recorded ``interpolation``, centre crop, ``/255``, per-channel ``(x - mean) / std``, NCHW
@@ -12,6 +14,7 @@ float32); tests check it against :func:`deit.data.build_transform`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,9 +23,25 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 __all__ = ["OnnxPredictor", "preprocess", "read_onnx_metadata"]
+
+
+@functools.lru_cache(maxsize=1)
+def _image_decoder():
+    """``load_image`` of ``deit/data/decode.py``: from the package when it imports, else the
+    file beside this one, loaded alone (it needs only numpy and Pillow)."""
+    try:
+        from deit.data.decode import load_image
+    except ImportError:  # no torch here: load the decoder module by its path
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("deit_image_decode", Path(__file__).parent / "data" / "decode.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        load_image = module.load_image
+    return load_image
 
 _REQUIRED = ("image_size", "in_channels", "mean", "std", "classes", "outputs")
 
@@ -76,18 +95,9 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
 
 
 def preprocess(path: str | os.PathLike, metadata: dict[str, Any]) -> np.ndarray:
-    """One image file -> (C, H, W) float32, as the model was evaluated (EXIF orientation
-    applied, as the library's decoder does)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = image.convert(metadata.get("color_mode") or ("L" if metadata["in_channels"] == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from None
+    """One image file -> (C, H, W) float32, as the model was evaluated: decoded by the
+    library's decoder (EXIF orientation, high bit depths scaled), then resized and cropped."""
+    image = _image_decoder()(path, int(metadata["in_channels"]))  # L or RGB, oriented, 8-bit
     image = _resize_and_crop(image, int(metadata["image_size"]), float(metadata.get("crop_pct", 1.0)),
                              metadata.get("interpolation", "bicubic"), metadata.get("crop_mode", "center"))
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)

@@ -262,3 +262,15 @@ def test_default_head_follows_the_models_own_output():
     targets = cls_logits.argmax(1)  # the class head is right on every image
     metrics = evaluate(model, [(x, targets)], device=torch.device("cpu"))
     assert metrics["acc1"] == metrics["cls_acc1"] == 100.0
+
+
+def test_onnx_preprocessing_scales_16_bit_images_like_the_library(tmp_path):
+    """The torch-free predictor decodes through the library's decoder: a 16-bit PNG is scaled
+    (value >> 8, torchvision's to_dtype rule), not clipped to white."""
+    ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # (H, W) 0..65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    Image.fromarray((ramp >> 8).astype(np.uint8)).save(tmp_path / "eight.png")
+    metadata = {"image_size": 32, "in_channels": 1, "mean": [0.5], "std": [0.5], "crop_pct": 1.0}
+    deep, eight = preprocess(tmp_path / "deep.png", metadata), preprocess(tmp_path / "eight.png", metadata)
+    np.testing.assert_array_equal(deep, eight)
+    assert abs(float(deep.mean())) < 0.05  # a full ramp centres on 0 after (x - 0.5) / 0.5

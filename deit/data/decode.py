@@ -37,7 +37,6 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deit._validation import check_choice
 
 __all__ = ["GREY_MODES", "load_image", "to_8bit", "stored_channels"]
 
@@ -81,7 +80,8 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file for a
     directory or a file Pillow cannot decode (truncated, not an image).
     """
-    check_choice("in_channels", in_channels, tuple(_MODES))
+    if in_channels not in _MODES:  # spelled out: this module imports nothing of the package (onnx_predict loads it alone)
+        raise ValueError(f"in_channels={in_channels!r} is not supported; expected one of: 1, 3")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path}")
