@@ -1,7 +1,7 @@
 """Configuration checks shared by the model constructors and the CLI.
 
 Every configuration error is a :class:`ValueError` whose message names the offending
-parameter, the value received and what was expected (issue #2: "hard to misuse").
+parameter, the value received and what was expected.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 
 
 def check_image_values(x) -> None:
-    """Raise ``ValueError`` for an empty batch, a non-float dtype or NaN/Inf pixels (issue 5).
+    """Raise ``ValueError`` for an empty batch, a non-float dtype or NaN/Inf pixels.
 
     Skipped while tracing, exporting or compiling (symbolic tensors: the check is for data,
     not graphs) and on meta tensors. On CUDA the NaN/Inf scan is skipped when gradients are

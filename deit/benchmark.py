@@ -1,4 +1,4 @@
-"""``deit benchmark``: our models against timm and HF transformers, in one process (issue 4).
+"""``deit benchmark``: our models against timm and HF transformers, in one process.
 
 Every implementation gets the *same weights* (HF's random init, converted into ours by
 :func:`deit.checkpoint.adapt_state_dict`, then ours into timm — their outputs are checked

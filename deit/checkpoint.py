@@ -28,7 +28,7 @@ import logging
 import os
 import pickle
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -478,12 +478,6 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     return {"model_name": getattr(model, "model_name", None), "model_config": config}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path``.
 
@@ -492,13 +486,14 @@ def atomic_write(path: Path, write: Any) -> None:
     removed on an exception.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    # created here with mode 0o666 so that the kernel applies the process umask, as for any
+    # new file (no process-wide umask() call, which would race with other threads' writes)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except Exception as err:  # disk full, file too large, IO error: torch and safetensors wrap the OSError
         Path(tmp).unlink(missing_ok=True)

@@ -8,7 +8,6 @@ CutMix 1.0 with switch probability 0.5, repeated augmentation x3, EMA 0.99996.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from deit._validation import check_choice
+from deit.losses import DISTILLATION_TYPES, KL_REDUCTIONS
 
 
 @dataclass
@@ -175,8 +175,8 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "distillation_type": ("none", "soft", "hard"),
-    "kl_reduction": ("batchmean", "official"),
+    "distillation_type": DISTILLATION_TYPES,
+    "kl_reduction": KL_REDUCTIONS,
     "bad_images": ("fail", "skip"),
     "amp_dtype": ("bfloat16", "float16"),
 }
@@ -367,11 +367,6 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         data.update(loaded or {})
     data.update(overrides or {})
     return config_from_dict(data, source=str(path) if path else "config")
-
-
-def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A validated copy with some fields changed."""
-    return dataclasses.replace(config, **changes).validate()
 
 
 # --- command-line flags generated from the dataclass --------------------------------------

@@ -2,7 +2,7 @@
 
 ``python -m deit.results runs/fashion --output docs/RESULTS.md`` reads each run's
 ``summary.json``, ``config.yaml`` and ``curves.png`` (written by ``deit train``), copies the
-curves next to the page and checks the paper's orderings one by one (issue 4):
+curves next to the page and checks the paper's orderings one by one:
 
 * Table 3: hard distillation > soft distillation ≈ no distillation;
 * Table 3: the fusion of the two heads ≥ each head alone;

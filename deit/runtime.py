@@ -1,4 +1,4 @@
-"""Process-level CPU settings that ``deit``'s command-line entry points apply (issue 4).
+"""Process-level CPU settings that ``deit``'s command-line entry points apply.
 
 Why: profiling a DeiT training step on CPU (``benchmarks/README.md``) showed ~185,000
 minor page faults and 0.46 s of kernel time per step of 2.2 s. glibc serves every

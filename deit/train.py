@@ -434,7 +434,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
 
 def _skipped_images(loader) -> int:
-    """Unreadable files an image folder skipped (``bad_images="skip"``, issue 5); 0 otherwise."""
+    """Unreadable files an image folder skipped (``bad_images="skip"``); 0 otherwise."""
     dataset = loader.dataset
     dataset = getattr(dataset, "dataset", dataset)  # through a Subset
     return int(getattr(dataset, "skipped", 0))

@@ -1,7 +1,7 @@
 """DeiT: the vision transformer with a distillation token (Touvron et al. 2021, §4).
 
-Behaviour follows the paper and the official checkpoints, not the earlier library whose
-API the seed describes:
+Behaviour follows the paper and the official checkpoints; the seed API
+(``shared/seed/deit-api.txt``) fixes only the names of the constructor arguments and methods:
 
 * the distillation token sits right after the class token (sequence index 1) and has
   its own row of the position embedding, which therefore has N+2 rows;

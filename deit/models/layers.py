@@ -215,7 +215,7 @@ class Block(nn.Module):
         return x
 
     def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function as :meth:`forward` in eval mode, for inference (issue 4).
+        """The same function as :meth:`forward` in eval mode, for inference.
 
         Profiling DeiT-S on CPU showed ~17 % of the time outside the GEMMs in GELU and in
         first-touch page faults / bias broadcasts of the large fresh ``fc1`` and ``gelu``

@@ -1,4 +1,4 @@
-"""bf16 autocast on CPUs without bf16 matrix units (issue 4).
+"""bf16 autocast on CPUs without bf16 matrix units.
 
 PyTorch runs bf16 matmuls and convolutions through oneDNN only on CPUs with AVX512-BF16
 or AMX (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``). Elsewhere — e.g. every AVX2

@@ -51,7 +51,6 @@ from deit.models.registry import (
     check_model_name,
     create_model,
     default_checkpoint_dir,
-    list_models,
     model_family,
 )
 from deit.models.teacher_output import TeacherInputNorm, same_statistics
@@ -312,8 +311,3 @@ def _carry_over(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
     if len(values) == channels:
         return values
     return (values[0],) * channels if len(values) == 1 else (sum(values) / len(values),) * channels
-
-
-def available_teachers() -> list[str]:
-    """Names accepted by ``teacher_model_name`` (besides ``timm:<name>``)."""
-    return ["ConvNeXt", *list_models()]
