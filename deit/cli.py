@@ -178,8 +178,8 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-channel mean in [0, 1] (1 or 3 values; end the list with -- before image paths)")
     g.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std in [0, 1] (1 or 3 values)")
     g.add_argument("--crop-pct", type=float, help="centre-crop fraction: the shorter side is resized to "
-                                                  "image_size / crop_pct, then cropped (official DeiT: 0.875 or 0.9 "
-                                                  "at 224, 1.0 at 384)")
+                                                  "image_size / crop_pct, then cropped (timm's DeiT configurations: "
+                                                  "0.9 at 224, 1.0 at 384; the official main.py evaluates with 0.875)")
     g.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"],
                    help="resize filter")
 

@@ -11,7 +11,7 @@ What it shows:
 3. ``deit.inference.Predictor.from_checkpoint`` prints the top-5 ImageNet classes of each
    image. The converted file carries no preprocessing of its own, so the variant's published
    configuration applies (``deit.get_pretrained_cfg``: ImageNet mean/std, bicubic resize to
-   size / crop_pct, centre crop — crop_pct 0.875 for DeiT-Ti⚗, as timm's ``_cfg``), and the
+   size / crop_pct, centre crop — crop_pct 0.9 for DeiT-Ti⚗, as timm's ``_cfg``), and the
    class names and synset ids come from timm's bundled ImageNet metadata;
 4. the reference check: timm's model of the same name, loaded with the ORIGINAL file, must
    give the same logits as ours on the same input (class head, distillation head and their
