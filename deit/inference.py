@@ -234,22 +234,17 @@ class Predictor:
         "probability"}, ...]}``, or ``{"image", "error"}`` for a file that cannot be read (the
         others are still predicted). Images are decoded and run ``batch_size`` at a time."""
         from deit.data import load_image
+        from deit.data.decode import decoded_batches
 
         if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
             raise ValueError(f"topk={topk!r} is invalid; expected a positive integer (--topk)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer (--batch-size)")
         results: list[dict[str, Any]] = []
-        for start in range(0, len(paths), batch_size):
-            tensors, good = [], []
-            for path in paths[start:start + batch_size]:
-                try:
-                    tensors.append(self.transform(load_image(path, self.in_channels)))  # (C, H, W)
-                except (OSError, ValueError) as err:
-                    results.append({"image": str(path), "error": str(err)})
-                    continue
-                results.append({"image": str(path)})
-                good.append(results[-1])
+        decode = lambda path: self.transform(load_image(path, self.in_channels))  # noqa: E731  (C, H, W)
+        for entries, tensors in decoded_batches(paths, decode, batch_size):
+            results.extend(entries)
+            good = [entry for entry in entries if "error" not in entry]
             if not tensors:
                 continue
             batch = torch.stack(tensors)  # (B, C, H, W)

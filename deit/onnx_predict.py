@@ -29,19 +29,18 @@ __all__ = ["OnnxPredictor", "preprocess", "read_onnx_metadata"]
 
 
 @functools.lru_cache(maxsize=1)
-def _image_decoder():
-    """``load_image`` of ``deit/data/decode.py``: from the package when it imports, else the
-    file beside this one, loaded alone (it needs only numpy and Pillow)."""
+def _decoder():
+    """The module ``deit/data/decode.py``: from the package when it imports, else the file
+    beside this one, loaded alone (it needs only numpy and Pillow)."""
     try:
-        from deit.data.decode import load_image
+        from deit.data import decode as module
     except ImportError:  # no torch here: load the decoder module by its path
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("deit_image_decode", Path(__file__).parent / "data" / "decode.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        load_image = module.load_image
-    return load_image
+    return module
 
 _REQUIRED = ("image_size", "in_channels", "mean", "std", "classes", "outputs")
 
@@ -97,7 +96,7 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
 def preprocess(path: str | os.PathLike, metadata: dict[str, Any]) -> np.ndarray:
     """One image file -> (C, H, W) float32, as the model was evaluated: decoded by the
     library's decoder (EXIF orientation, high bit depths scaled), then resized and cropped."""
-    image = _image_decoder()(path, int(metadata["in_channels"]))  # L or RGB, oriented, 8-bit
+    image = _decoder().load_image(path, int(metadata["in_channels"]))  # L or RGB, oriented, 8-bit
     image = _resize_and_crop(image, int(metadata["image_size"]), float(metadata.get("crop_pct", 1.0)),
                              metadata.get("interpolation", "bicubic"), metadata.get("crop_mode", "center"))
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
@@ -136,16 +135,9 @@ class OnnxPredictor:
             raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
         classes, ids = self.metadata["classes"], self.metadata.get("class_ids")
         results: list[dict[str, Any]] = []
-        for start in range(0, len(paths), batch_size):
-            arrays, good = [], []
-            for path in paths[start:start + batch_size]:
-                try:
-                    arrays.append(preprocess(path, self.metadata))  # (C, H, W)
-                except (OSError, ValueError) as err:
-                    results.append({"image": str(path), "error": str(err)})
-                    continue
-                results.append({"image": str(path)})
-                good.append(results[-1])
+        for entries, arrays in _decoder().decoded_batches(paths, lambda p: preprocess(p, self.metadata), batch_size):
+            results.extend(entries)  # arrays: (C, H, W) each, for the readable files
+            good = [entry for entry in entries if "error" not in entry]
             if not arrays:
                 continue
             batch = np.stack(arrays)  # (B, C, H, W)

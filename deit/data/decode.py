@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-__all__ = ["GREY_MODES", "load_image", "to_8bit", "stored_channels"]
+__all__ = ["GREY_MODES", "decoded_batches", "load_image", "to_8bit", "stored_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +119,21 @@ def stored_channels(path: str | os.PathLike) -> int | None:
             return 3
     except Exception:  # unreadable files are the bad-image policy's business, not the probe's
         return None
+
+
+def decoded_batches(paths, decode, batch_size: int):
+    """Decode ``paths`` ``batch_size`` at a time with ``decode(path)``; yields ``(entries,
+    images)``: one entry per path of the batch, in order (``{"image": path}``, or
+    ``{"image": path, "error": message}`` for a file that cannot be read), and the decoded
+    images of the readable ones, in order. One bad file never stops the others (used by the
+    PyTorch and the ONNX predictors)."""
+    for start in range(0, len(paths), batch_size):
+        entries, images = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(decode(path))
+            except (OSError, ValueError) as err:
+                entries.append({"image": str(path), "error": str(err)})
+                continue
+            entries.append({"image": str(path)})
+        yield entries, images
