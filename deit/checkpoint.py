@@ -22,13 +22,11 @@ load. Format version 2 of this library's files adds ``data_config``, ``classes``
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import pickle
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,19 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deit.errors import CheckpointError, MissingCheckpointError
+from deit.fileio import atomic_write, write_text_atomic
+
 logger = logging.getLogger("deit")
 
 FORMAT_NAME = "deit"
 FORMAT_VERSION = 2  # 2: data_config / classes / class_ids travel with the weights
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message says why."""
-
-
-class MissingCheckpointError(CheckpointError, FileNotFoundError):
-    """No checkpoint file where one was expected; the message names the path(s) tried."""
 
 
 # --- finding and reading files ---------------------------------------------------------
@@ -476,46 +469,6 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     """The ``model_name`` and constructor ``model_config`` of a model of this library."""
     config = dict(getattr(model, "config", {}) or {})
     return {"model_name": getattr(model, "model_name", None), "model_config": config}
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path``.
-
-    A crash (kill -9, power loss) or an IO error (disk full) at any point leaves either the
-    previous ``path`` or the new one, never half a file; the temporary file is
-    removed on an exception.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    # created here with mode 0o666 so that the kernel applies the process umask, as for any
-    # new file (no process-wide umask() call, which would race with other threads' writes)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except Exception as err:  # disk full, file too large, IO error: torch and safetensors wrap the OSError
-        Path(tmp).unlink(missing_ok=True)
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
-        code = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
-        raise OSError(code, f"could not write {path} ({reason}); {kept}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power loss
-    finally:
-        os.close(directory)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a small text file (config, summary, log table) through :func:`atomic_write`."""
-    path = Path(path)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-    return path
 
 
 def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
