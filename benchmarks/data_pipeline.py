@@ -24,7 +24,7 @@ from deit.config import load_config
 from deit.engine import _split_outputs
 from deit.losses import DistillationLoss, build_base_criterion
 from deit.models.deit import DeiT
-from deit.models.teacher import load_teacher
+from deit.teacher import load_teacher
 from deit.optim import build_optimizer
 from deit.runtime import tune_cpu_allocator
 from deit.train import build_data, build_model
@@ -49,8 +49,8 @@ def main() -> None:
             teacher = load_teacher(config.teacher_model, num_classes=len(classes), in_channels=data["in_channels"],
                                    image_size=data["image_size"], checkpoint=config.teacher_checkpoint)
         except Exception:  # noqa: BLE001 - speed only: random weights cost the same
-            from deit.models.registry import create_model
-            from deit.models.teacher import resolve_teacher_name
+            from deit.factory import create_model
+            from deit.teacher import resolve_teacher_name
 
             name = resolve_teacher_name(config.teacher_model, data["image_size"])
             teacher = create_model(name, num_classes=len(classes), in_channels=data["in_channels"])

@@ -21,48 +21,40 @@ load. Format version 2 of this library's files adds ``data_config``, ``classes``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit.errors import CheckpointError, MissingCheckpointError
-from deit.fileio import atomic_write, write_text_atomic
+from deit.checkpoint_hf import HF_FORMAT, hf_folder_of, hf_info, read_hf_folder
+from deit.checkpoint_io import (  # noqa: F401 (re-exported: the public face of checkpoint files)
+    CHECKPOINT_SUFFIXES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    capture_rng_state,
+    check_format_version,
+    find_checkpoint,
+    load_training_checkpoint,
+    model_identity,
+    read_checkpoint_file,
+    restore_rng_state,
+    save_model,
+    save_training_checkpoint,
+)
+from deit.errors import CheckpointError, MissingCheckpointError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger("deit")
 
-FORMAT_NAME = "deit"
-FORMAT_VERSION = 2  # 2: data_config / classes / class_ids travel with the weights
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 # --- finding and reading files ---------------------------------------------------------
-
-def find_checkpoint(stem: str, directory: Path | None, *, what: str, hint: str = "") -> Path:
-    """First existing ``directory/stem{.safetensors,.pth,.pt}``, else a clear error."""
-    if directory is None:
-        raise MissingCheckpointError(
-            f"no checkpoint for {what}: no path was given and no checkpoint directory is set. "
-            "Pass an explicit checkpoint path, or a checkpoint directory (checkpoint_dir=, or the "
-            f"DEIT_CHECKPOINT_DIR environment variable) holding {stem}.safetensors or {stem}.pth. This lookup "
-            f"downloads nothing (published weights: pretrained=True).{hint}")
-    tried = [directory / f"{stem}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
-    for path in tried:
-        if path.is_file():
-            return path
-    raise MissingCheckpointError(
-        f"no checkpoint for {what}; tried: {', '.join(str(p) for p in tried)}. "
-        f"This lookup downloads nothing (published weights: pretrained=True).{hint}")
-
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     """Load a checkpoint safely. Returns ``(object, metadata)``.
@@ -71,8 +63,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     model.safetensors / pytorch_model.bin, see :mod:`deit.checkpoint_hf`); the metadata is
     the safetensors header's, or for HF folders their JSON files as strings.
     """
-    from deit.checkpoint_hf import hf_folder_of, read_hf_folder
-
     path = Path(path)
     folder = hf_folder_of(path) if path.exists() else None
     if folder is not None:
@@ -82,57 +72,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
                               f"({', '.join(CHECKPOINT_SUFFIXES)}, .bin) or an HF transformers save_pretrained folder "
                               "(config.json + model.safetensors or pytorch_model.bin)")
     return read_checkpoint_file(path)
-
-
-def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load one checkpoint file safely. Returns ``(object, safetensors_metadata)``."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingCheckpointError(f"checkpoint file not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"cannot read safetensors checkpoint {path}: the file is truncated or "
-                                  f"not a safetensors file ({err})") from None
-        return tensors, metadata
-    try:
-        # argparse.Namespace is allow-listed so official DeiT training checkpoints (which
-        # store their args) load; it can only carry the weights-only types inside it.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it contains pickled Python objects that could run code on load, "
-            f"which weights-only loading does not allow ({str(err).splitlines()[0]}). Re-save the weights "
-            "as a plain state dict or safetensors in a trusted environment.") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch / "
-                              f"safetensors checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors "
-                              "or a dict with a 'model' / 'state_dict' entry")
-    return dict(obj), {}
-
-
-def _check_format_version(version: Any, source: str) -> None:
-    """Files of every version up to :data:`FORMAT_VERSION` load (version 1 lacks the
-    preprocessing and class fields, which are then simply absent)."""
-    try:
-        number = int(version)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: format_version={version!r} is not a number") from None
-    if number > FORMAT_VERSION:
-        raise CheckpointError(f"{source} was written in format version {number} by a newer deit; this version "
-                              f"reads versions up to {FORMAT_VERSION}: upgrade deit (pip install -U deit)")
 
 
 # entries of this library's files besides the weights (format version 2; training checkpoints of any version)
@@ -149,19 +88,17 @@ def extract_state_dict(obj: Mapping[str, Any], metadata: Mapping[str, str] | Non
     ``class_ids`` where the file has them; for HF folders also ``hf_config`` and
     ``load_notes``.
     """
-    from deit.checkpoint_hf import HF_FORMAT, hf_info
-
     info: dict[str, Any] = {}
     metadata = dict(metadata or {})
     if metadata.get("format") == FORMAT_NAME:
-        _check_format_version(metadata.get("format_version", 1), source)
+        check_format_version(metadata.get("format_version", 1), source)
         info["model_name"] = metadata.get("model_name") or None
         info["model_config"] = json.loads(metadata["model_config"]) if metadata.get("model_config") else None
         info.update({k: json.loads(metadata[k]) for k in _FILE_FIELDS if metadata.get(k)})
     elif metadata.get("format") == HF_FORMAT:
         info.update(hf_info(metadata))
     if obj.get("format") == FORMAT_NAME:
-        _check_format_version(obj.get("format_version", 1), source)
+        check_format_version(obj.get("format_version", 1), source)
         info["model_name"] = obj.get("model_name")
         info["model_config"] = obj.get("model_config")
         info.update({k: obj[k] for k in _FILE_FIELDS if obj.get(k) is not None})
@@ -461,284 +398,3 @@ def load_checkpoint_object(model: nn.Module, obj: Mapping[str, Any], metadata: M
     for note in report.notes:
         logger.info("%s: %s", path.name, note)
     return report
-
-
-# --- writing ---------------------------------------------------------------------------
-
-def model_identity(model: nn.Module) -> dict[str, Any]:
-    """The ``model_name`` and constructor ``model_config`` of a model of this library."""
-    config = dict(getattr(model, "config", {}) or {})
-    return {"model_name": getattr(model, "model_name", None), "model_config": config}
-
-
-def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
-               model_name: str | None = None, model_config: Mapping[str, Any] | None = None,
-               data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
-               class_ids: Sequence[str] | None = None) -> Path:
-    """Write weights in this library's format: ``.safetensors`` or a ``.pth`` dict, atomically.
-
-    The file records ``model_name`` and ``model_config`` so that :func:`build_from_checkpoint`
-    can rebuild the model without being told the architecture, and (format version 2)
-    optionally how to feed and read it: ``data_config`` (``image_size``, ``in_channels``,
-    ``mean``, ``std``, ``crop_pct``, ``interpolation``, as timm's ``pretrained_cfg``),
-    ``classes`` (display names in output order) and ``class_ids`` (e.g. WordNet synsets).
-    In safetensors files these are JSON strings of the header metadata.
-    """
-    path = Path(path)
-    if isinstance(model, nn.Module):
-        identity = model_identity(model)
-        state_dict = model.state_dict()
-    else:
-        identity, state_dict = {"model_name": None, "model_config": {}}, dict(model)
-    if model_name is not None:
-        identity["model_name"] = model_name
-    if model_config is not None:
-        identity["model_config"] = dict(model_config)
-    extra = {key: value for key, value in (("data_config", dict(data_config) if data_config else None),
-                                           ("classes", [str(c) for c in classes] if classes else None),
-                                           ("class_ids", [str(c) for c in class_ids] if class_ids else None))
-             if value is not None}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                    "model_name": identity["model_name"] or "",
-                    "model_config": json.dumps(identity["model_config"] or {}),
-                    **{key: json.dumps(value) for key, value in extra.items()}}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    else:
-        payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **identity, **extra, "model": tensors}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
-
-
-# --- rebuilding and converting ---------------------------------------------------------
-
-def infer_architecture_overrides(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None
-                                 ) -> tuple[str, dict[str, Any], list[str]]:
-    """Registered name and constructor overrides that build a foreign file's model with
-    exactly its shapes (see :mod:`deit.checkpoint_infer`): nothing is resampled while
-    guessing, so a 384 px file builds at 384 px. An HF ``config.json`` adds the head count
-    and ``norm_eps`` (``layer_norm_eps``) and must agree with the shapes.
-
-    Returns ``(name, overrides, notes)``.
-    Raises:
-        CheckpointError: several registered variants fit (all are named), none can be
-            derived, or config.json contradicts the weights.
-    """
-    from deit.checkpoint_hf import hf_model_overrides
-    from deit.checkpoint_infer import infer_architecture, match_registered
-
-    sd = to_timm_layout(state_dict)
-    heads, hf_args = hf_model_overrides(hf_config) if hf_config is not None else (None, {})
-    arch = infer_architecture(sd, heads=heads)
-    if hf_args:
-        _check_hf_config_shapes(arch, hf_args)
-    name, overrides, notes = match_registered(arch)
-    if "norm_eps" in hf_args:
-        overrides["norm_eps"] = hf_args["norm_eps"]
-    if not notes:  # an exact match (match_registered explains a nearest-variant build itself)
-        shown = "".join(f", {k}={v}" for k, v in overrides.items())
-        notes.append(f"architecture inferred from the tensor shapes: {name}{shown} ({arch.describe()})")
-    elif hf_args:
-        notes.append(f"norm_eps={hf_args['norm_eps']} (config.json layer_norm_eps)")
-    if arch.distilled and arch.num_classes and "head_dist.weight" not in sd:
-        overrides["return_logits_type"] = "classification"
-        notes.append(_CLASS_HEAD_ONLY)
-    return name, overrides, notes
-
-
-_CLASS_HEAD_ONLY = ("the file has a distillation token but no distillation head (as HF DeiTForImageClassification): "
-                    "the model predicts with the class head alone (return_logits_type='classification')")
-
-
-def _check_hf_config_shapes(arch: Any, hf_args: Mapping[str, Any]) -> None:
-    """config.json and the weights must describe the same model (HF itself would refuse)."""
-    pairs = (("width", "d_model", "hidden_size"), ("depth", "num_encoder_blocks", "num_hidden_layers"),
-             ("mlp_width", "encoder_mlp_d", "intermediate_size"), ("patch_size", "patch_size", "patch_size"),
-             ("image_size", "image_size", "image_size"), ("in_channels", "in_channels", "num_channels"))
-    for field_name, arg, hf_key in pairs:
-        have = getattr(arch, field_name)
-        if have is not None and have != hf_args[arg]:
-            raise CheckpointError(f"config.json says {hf_key}={hf_args[arg]} but the weights have "
-                                  f"{field_name.replace('_', ' ')} {have}: the folder is inconsistent")
-    if arch.width % hf_args["encoder_num_heads"]:
-        raise CheckpointError(f"config.json num_attention_heads={hf_args['encoder_num_heads']} does not divide "
-                              f"the width {arch.width}")
-
-
-def infer_model_name(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None
-                     ) -> tuple[str, dict[str, Any]]:
-    """``(name, overrides)`` of :func:`infer_architecture_overrides`."""
-    name, overrides, _ = infer_architecture_overrides(state_dict, hf_config)
-    return name, overrides
-
-
-def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """``num_classes`` / ``in_channels`` read off a timm-layout state dict, where present."""
-    found: dict[str, Any] = {}
-    for head_key in ("head.weight", "head.fc.weight"):
-        if head_key in state_dict:
-            found["num_classes"] = int(state_dict[head_key].shape[0])
-    for stem_key in ("patch_embed.proj.weight", "stem.0.weight"):
-        weight = state_dict.get(stem_key)
-        if weight is not None and weight.ndim == 4:  # (D, C, p, p) conv kernels
-            found["in_channels"] = int(weight.shape[1])
-    return found
-
-
-def _named_overrides(model_name: str, state_dict: Mapping[str, torch.Tensor], info: Mapping[str, Any]
-                     ) -> tuple[dict[str, Any], list[str]]:
-    """A foreign file loaded into a named architecture keeps its head, input channels,
-    LayerNorm eps (HF config.json) and, without a distillation head, the class head."""
-    from deit.checkpoint_hf import hf_config_value
-    from deit.checkpoint_infer import registered_architectures
-
-    sd = to_timm_layout(state_dict)
-    config, notes = _shape_overrides(sd), []
-    if "hf_config" in info:
-        config["norm_eps"] = float(hf_config_value(info["hf_config"], "layer_norm_eps"))
-    target = registered_architectures().get(model_name)
-    if target is not None and target.distilled and "dist_token" in sd and "head_dist.weight" not in sd \
-            and "head.weight" in sd:
-        config["return_logits_type"] = "classification"
-        notes.append(_CLASS_HEAD_ONLY)
-    return config, notes
-
-
-def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
-                          **overrides: Any) -> tuple[nn.Module, LoadReport]:
-    """Rebuild a model from a checkpoint file or HF folder.
-
-    This library's files carry name and config. For foreign files the architecture is
-    ``model_name`` (keeping the file's head and channels) or is inferred from the raw
-    tensor shapes (:func:`infer_architecture_overrides`), with an HF folder's config.json
-    applied. ``overrides`` (constructor arguments) win over both; an ``image_size`` other
-    than the file's resamples the position embedding, as asked.
-    """
-    from deit.models.registry import create_model
-
-    obj, metadata = read_checkpoint(path)
-    state_dict, info = extract_state_dict(obj, metadata, source=str(path))
-    config: dict[str, Any] = {}
-    notes: list[str] = []
-    if model_name is None and info.get("model_name"):
-        model_name = info["model_name"]
-        config = dict(info.get("model_config") or {})
-    if model_name is None:
-        try:
-            model_name, config, notes = infer_architecture_overrides(state_dict, info.get("hf_config"))
-        except CheckpointError as err:
-            raise CheckpointError(f"{path}: {err}") from None
-    elif not config:
-        config, notes = _named_overrides(model_name, state_dict, info)
-    config.update(overrides)
-    config.pop("teacher_model_name", None)  # a teacher is never part of a weights file
-    model = create_model(model_name, **config)
-    report = load_checkpoint_object(model, obj, metadata, path)  # the file is read once
-    report.notes[:0] = notes + _fit_file_fields(model, report.info)
-    for note in notes:
-        logger.info("%s: %s", Path(path).name, note)
-    return model, report
-
-
-def _fit_file_fields(model: nn.Module, info: dict[str, Any]) -> list[str]:
-    """Class names that no longer fit the head, and an input size that an ``image_size``
-    override changed, are dropped / updated in ``info`` (returned notes say so)."""
-    notes = []
-    classes, num_classes = info.get("classes"), getattr(model, "num_classes", None)
-    if classes is not None and num_classes is not None and len(classes) != num_classes:
-        notes.append(f"the file names {len(classes)} classes but the model has {num_classes} outputs: "
-                     "its class names are not used")
-        info.pop("classes")
-        info.pop("class_ids", None)
-    data_config, image_size = info.get("data_config"), getattr(model, "image_size", None)
-    if data_config and image_size and data_config.get("image_size") not in (None, image_size):
-        notes.append(f"input size {data_config['image_size']} of the file's data_config replaced by the model's "
-                     f"{image_size}")
-        info["data_config"] = {**data_config, "image_size": image_size}
-    return notes
-
-
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str | None = None,
-                       **overrides: Any) -> tuple[Path, str]:
-    """Read any supported checkpoint (file or HF folder) and write it in this library's
-    format (``.pth`` or ``.safetensors`` by ``dst``'s suffix), carrying the source's
-    ``data_config``, ``classes`` and ``class_ids`` where it has them (an HF folder's
-    preprocessor_config.json and id2label). Returns ``(dst, model_name)``."""
-    dst = Path(dst)
-    if dst.suffix not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(f"destination {dst} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    if Path(src).resolve() == dst.resolve():
-        raise CheckpointError(f"source and destination are the same file: {dst}")
-    model, report = build_from_checkpoint(src, model_name, **overrides)
-    info = report.info
-    save_model(model, dst, data_config=info.get("data_config"), classes=info.get("classes"),
-               class_ids=info.get("class_ids"))
-    return dst, model.model_name
-
-
-# --- training checkpoints ----------------------------------------------------------------
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from, in weights-only-loadable types."""
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    random.setstate(_as_tuple(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype("uint32"), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    """Lists back to tuples (random.setstate wants the exact nested tuple)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuple(v) for v in value)
-    return value
-
-
-def save_training_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Atomically write a training checkpoint (this library's format plus run state).
-
-    ``payload`` holds ``model`` (a state dict) and any of optimizer / scheduler / scaler /
-    ema / epoch / rng / config / classes / class_ids / data_config (the fields of
-    :func:`save_model`: ``data_config`` with ``crop_pct`` and ``interpolation`` where
-    known); everything must be loadable with ``weights_only=True`` (tensors, numbers,
-    strings, lists, dicts, tuples).
-    """
-    path = Path(path)
-    full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}
-    atomic_write(path, lambda tmp: torch.save(full, tmp))
-    return path
-
-
-def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_training_checkpoint` (weights-only)."""
-    obj, _ = read_checkpoint(path)
-    if obj.get("format") != FORMAT_NAME or "model" not in obj:
-        raise CheckpointError(f"{path} is not a training checkpoint of this library (no 'format: deit' / 'model' "
-                              "entries); to start from foreign weights use --finetune")
-    return obj

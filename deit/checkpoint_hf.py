@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from deit.checkpoint import CheckpointError
+from deit.checkpoint_io import read_checkpoint_file
+from deit.errors import CheckpointError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_FORMAT = "hf_transformers"
@@ -91,8 +92,6 @@ def read_hf_folder(folder: Path, weights: Path | None = None) -> tuple[dict[str,
     """Weights of an HF folder and, as string metadata, its config.json and
     preprocessor_config.json. ``weights``: one file of the folder to read instead of
     looking for them."""
-    from deit.checkpoint import read_checkpoint_file
-
     config = _read_json(folder / "config.json")
     tensors: dict[str, Any] = {}
     for path in [weights] if weights is not None else hf_weight_files(folder):

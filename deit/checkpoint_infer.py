@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 import torch
 
-from deit.checkpoint import CheckpointError
+from deit.errors import CheckpointError
+from deit.models.registry import build_model, list_models
 
 # Architecture field -> constructor argument of ViT / DeiT (deit/models/vit.py).
 _VIT_ARGS = {"width": "d_model", "depth": "num_encoder_blocks", "heads": "encoder_num_heads",
@@ -171,15 +172,13 @@ _REGISTERED: dict[tuple[str, ...], dict[str, Architecture]] = {}
 def registered_architectures() -> dict[str, Architecture]:
     """Every registered variant described by :func:`infer_architecture` from its own
     state dict on the meta device (no memory, no init), with its known head count."""
-    from deit.models.registry import create_model, list_models
-
     names = tuple(list_models())
     if names not in _REGISTERED:
         described = {}
         for name in names:
             try:
                 with torch.device("meta"):
-                    model = create_model(name)
+                    model = build_model(name)
             except (ValueError, TypeError, RuntimeError):  # a user-registered variant that needs arguments
                 continue
             heads = getattr(model, "config", {}).get("encoder_num_heads")

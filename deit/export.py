@@ -28,8 +28,12 @@ import torch
 from torch import nn
 
 from deit._validation import check_choice
-from deit.checkpoint import atomic_write
-from deit.preprocessing import PREPROCESSING_KEYS
+from deit.data import build_transform, load_dataset
+from deit.data.datasets import DatasetNotFoundError
+from deit.fileio import atomic_write
+from deit.inference import load_for_inference
+from deit.onnx_predict import read_onnx_metadata
+from deit.preprocessing import PREPROCESSING_KEYS, resolve_labels, resolve_preprocessing
 
 __all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_model", "verify_export"]
 
@@ -78,7 +82,6 @@ def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: S
     """What a consumer of the exported file needs: preprocessing (resolved by
     :func:`deit.preprocessing.resolve_preprocessing`, as ``deit predict`` does), class names
     (and ids where the label set has them), outputs."""
-    from deit.preprocessing import resolve_labels, resolve_preprocessing
 
     preprocessing = resolve_preprocessing(model, data_config, overrides)
     names, ids = resolve_labels(model, classes, class_ids)
@@ -177,8 +180,6 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata recorded by :func:`export_model` in an ONNX or TorchScript file."""
     path = Path(path)
     if path.suffix == ".onnx":
-        from deit.onnx_predict import read_onnx_metadata
-
         return read_onnx_metadata(path)
     files = {METADATA_KEY: ""}
     with _quiet_tracing():
@@ -227,8 +228,6 @@ def real_images(data_config: Mapping[str, Any], metadata: Mapping[str, Any], cou
                 data_dir: str | None = None) -> torch.Tensor | None:
     """``count`` validation images of the checkpoint's data set, preprocessed as the export's
     ``metadata`` says (B, C, H, W); ``None`` when the data set is not available here."""
-    from deit.data import build_transform, load_dataset
-    from deit.data.datasets import DatasetNotFoundError
 
     dataset = data_config.get("dataset")
     if not dataset:
@@ -249,7 +248,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     """``deit export``: checkpoint -> ONNX/TorchScript file, verified on random images (a batch
     size other than the traced one, so the dynamic axis is exercised) and on real images of
     the checkpoint's data set when it is available. Returns a report dict."""
-    from deit.inference import load_for_inference
 
     model, meta = load_for_inference(checkpoint, use_ema=use_ema)
     path, metadata = export_model(model, output, fmt=fmt, head=head, data_config=meta["data_config"],

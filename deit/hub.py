@@ -41,9 +41,10 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from deit.checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, MissingCheckpointError
+from deit.checkpoint_io import CHECKPOINT_SUFFIXES
+from deit.errors import CheckpointError, MissingCheckpointError
 from deit.models.pretrained import WeightFile
-from deit.models.registry import get_pretrained_cfg
+from deit.models.registry import get_pretrained_cfg, list_models
 
 logger = logging.getLogger("deit")
 
@@ -61,6 +62,14 @@ class DownloadError(MissingCheckpointError):
 
 class ChecksumError(CheckpointError):
     """A downloaded file does not have its published SHA-256; nothing was kept."""
+
+
+def default_checkpoint_dir(checkpoint_dir: str | os.PathLike | None = None) -> Path | None:
+    """``checkpoint_dir`` if given, else ``$DEIT_CHECKPOINT_DIR``, else None."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    env = os.environ.get("DEIT_CHECKPOINT_DIR")
+    return Path(env) if env else None
 
 
 def default_cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -268,8 +277,6 @@ def resolve_weights_argument(value: str | os.PathLike, *, flag: str, checkpoint_
         weight = weight_from_url(text)
         return resolve_pretrained_file(Path(weight.file_name).stem, weights=[weight], checkpoint_dir=checkpoint_dir,
                                        progress=progress)
-    from deit.models.registry import list_models
-
     if text in list_models():
         return resolve_pretrained_file(text, checkpoint_dir=checkpoint_dir, progress=progress)
     raise MissingCheckpointError(f"{flag} {text}: no such file, and not a registered model name (deit list-models) "

@@ -18,7 +18,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from deit.checkpoint import CheckpointError, build_from_checkpoint
+from deit.checkpoint import CheckpointError
+from deit.data import CorruptDatasetError, build_loader, build_transform, dataset_mean_std, load_dataset, load_image
+from deit.data.decode import decoded_batches
+from deit.engine import evaluate
+from deit.factory import build_from_checkpoint
+from deit.models.deit import DeiT
 from deit.preprocessing import resolve_labels, resolve_preprocessing, variant_config
 
 __all__ = ["EvalReport", "IMAGE_EXTENSIONS", "Predictor", "evaluate_checkpoint", "find_images", "load_for_inference",
@@ -107,7 +112,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     file that records nothing and is no published variant, with the data set's own
     statistics (what ``deit train`` would record for it). ``bad_images`` is the image-folder
     policy of ``deit train`` (``fail`` or ``skip``)."""
-    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset
 
     model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
     data_config = meta["data_config"]
@@ -133,9 +137,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
             f"{' …' if len(classes) > 10 else ''}) but {dataset} has {len(data_classes)} ({shown}); evaluating "
             f"it there would compare unrelated labels. Fine-tune it on that data first: deit train --finetune "
             f"{path} --dataset {dataset} ...")
-    from deit.data import CorruptDatasetError
-    from deit.engine import evaluate
-    from deit.models.deit import DeiT
 
     loader = build_loader(val_set, batch_size=batch_size, is_train=False)
     try:
@@ -205,8 +206,6 @@ class Predictor:
     def __init__(self, model: nn.Module, classes: Sequence[str] | None = None,
                  data_config: Mapping[str, Any] | None = None, *, overrides: Mapping[str, Any] | None = None,
                  source: str = "the weights", class_ids: Sequence[str] | None = None) -> None:
-        from deit.data import build_transform
-
         self.model = model.eval()
         self.classes, self.class_ids = resolve_labels(model, classes, class_ids)
         self.preprocessing = resolve_preprocessing(model, data_config, overrides, source=source)
@@ -233,8 +232,6 @@ class Predictor:
         """One result per path, in order: ``{"image", "top": [{"class", "id"?, "index",
         "probability"}, ...]}``, or ``{"image", "error"}`` for a file that cannot be read (the
         others are still predicted). Images are decoded and run ``batch_size`` at a time."""
-        from deit.data import load_image
-        from deit.data.decode import decoded_batches
 
         if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
             raise ValueError(f"topk={topk!r} is invalid; expected a positive integer (--topk)")

@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from deit.data.transforms import CROP_MODES
+from deit.models.pretrained import class_names
+from deit.models.registry import get_pretrained_cfg
 
 __all__ = ["FALLBACK", "OVERRIDE_FLAGS", "PREPROCESSING_KEYS", "check_overrides", "resolve_labels",
            "resolve_preprocessing", "variant_config"]
@@ -106,7 +108,6 @@ def _variant(model: nn.Module) -> tuple[dict[str, Any] | None, bool]:
 def _pretrained_cfg(name: str | None) -> Any:
     if not name:
         return None
-    from deit.models.registry import get_pretrained_cfg
 
     try:
         return get_pretrained_cfg(name)
@@ -196,8 +197,6 @@ def resolve_labels(model: nn.Module, classes: Sequence[Any] | None = None, class
     cfg = _pretrained_cfg(getattr(model, "model_name", None))
     label_set = getattr(cfg, "label_set", None) if cfg is not None else None
     if label_set and cfg.num_classes == num_classes:
-        from deit.models.pretrained import class_names
-
         names, ids = class_names(label_set)
         if len(names) == num_classes:
             return [str(n) for n in names], [str(i) for i in ids]

@@ -47,12 +47,8 @@ from deit.checkpoint import (
     load_checkpoint_object,
     read_checkpoint,
 )
-from deit.models.registry import (
-    check_model_name,
-    create_model,
-    default_checkpoint_dir,
-    model_family,
-)
+from deit.hub import default_checkpoint_dir
+from deit.models.registry import build_model, check_model_name, get_pretrained_cfg, model_family
 from deit.models.teacher_output import TeacherInputNorm, same_statistics
 
 logger = logging.getLogger("deit")
@@ -111,7 +107,7 @@ def build_teacher(resolved_name: str, *, num_classes: int, in_channels: int, ima
     kwargs = dict(num_classes=num_classes, in_channels=in_channels)
     if model_family(resolved_name) == "vit":
         kwargs["image_size"] = image_size
-    return create_model(resolved_name, **kwargs)
+    return build_model(resolved_name, **kwargs)
 
 
 def make_teacher_hint(resolved: str) -> str:
@@ -181,8 +177,6 @@ def _published_statistics(resolved: str) -> tuple[tuple[float, ...], tuple[float
 def _registered_cfg(name: str):
     """The registered variant's pretrained configuration, or ``None`` for a name registered
     without one (``register_model`` without ``pretrained_cfg=``)."""
-    from deit.models.registry import get_pretrained_cfg
-
     try:
         return get_pretrained_cfg(name)
     except ValueError:

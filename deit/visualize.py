@@ -38,6 +38,10 @@ from PIL import Image
 from torch import nn
 
 from deit._validation import check_choice
+from deit.data import load_image
+from deit.fileio import atomic_write
+from deit.inference import Predictor, load_for_inference
+from deit.models.layers import Block, plain_forward
 
 __all__ = [
     "COLORMAPS",
@@ -66,7 +70,6 @@ READABLE_PIXELS = 224  # overlays are written with at least this shorter side (s
 
 def _check_transformer(model: nn.Module) -> None:
     """Raise ``ValueError`` unless ``model`` is a ViT / DeiT of this library."""
-    from deit.models.layers import Block
 
     blocks = getattr(model, "blocks", None)
     if (not isinstance(model, nn.Module) or not hasattr(model, "forward_features")
@@ -112,7 +115,6 @@ def _trace(model: nn.Module, x: torch.Tensor, *, attention: bool = True, tokens:
     which calls ``block.attn`` as a module (the no-grad fast path computes the same
     function inline, so attention hooks would not fire there).
     """
-    from deit.models.layers import plain_forward
 
     _check_transformer(model)
     trace = _Trace()
@@ -365,15 +367,11 @@ def _overlay_on_view(image: Image.Image, mask_2d: torch.Tensor, alpha: float,
 # --- files -------------------------------------------------------------------------------
 
 def _save_png(image: Image.Image, path: Path) -> Path:
-    from deit.checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return path
 
 
 def _save_figure(figure: Any, path: Path) -> Path:
-    from deit.checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     return path
 
@@ -464,8 +462,6 @@ def format_similarity(sims: Sequence[float]) -> str:
 def _load(checkpoint_or_model: str | os.PathLike | nn.Module, data_config: Mapping[str, Any] | None,
           classes: Sequence[str] | None, model_name: str | None, use_ema: bool
           ) -> tuple[nn.Module, list[str] | None, dict[str, Any]]:
-    from deit.inference import load_for_inference
-
     if isinstance(checkpoint_or_model, nn.Module):
         model, meta = checkpoint_or_model, {"classes": None, "data_config": {}}
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
@@ -542,8 +538,6 @@ def _preprocess(model: nn.Module, names: Sequence[str] | None, config: Mapping[s
                 image_path: str | os.PathLike) -> tuple[Image.Image, torch.Tensor, Any]:
     """The image as ``deit predict`` reads and transforms it: (PIL image, (1, C, H, W) batch,
     the :class:`~deit.inference.Predictor` holding the resolved preprocessing and labels)."""
-    from deit.data import load_image
-    from deit.inference import Predictor
 
     with _eval_mode(model):  # Predictor puts the model in eval mode; the caller's mode is kept
         predictor = Predictor(model, names, config)

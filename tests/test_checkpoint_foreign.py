@@ -76,7 +76,7 @@ def test_official_small_distilled_224_full_depth_is_recognised(tmp_path):
 def test_every_registered_variant_is_told_apart_by_its_shapes():
     """No two registered variants share their shapes: each one's own state dict (meta
     device) infers back to its name with no override."""
-    from deit.checkpoint import infer_model_name
+    from deit.factory import infer_model_name
     from deit.models import list_models
 
     for name in list_models():

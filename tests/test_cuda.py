@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deit.config import load_config
-from deit.models.registry import create_model
+from deit.factory import create_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -17,7 +17,7 @@ from torch import nn
 from deit import DeiT, MissingCheckpointError, create_model, save_model
 from deit.engine import evaluate
 from deit.losses import DistillationLoss, hard_distillation
-from deit.models.teacher import load_teacher
+from deit.teacher import load_teacher
 from deit.models.teacher_output import TeacherInputNorm, teacher_logits
 from tests.conftest import perturb_
 

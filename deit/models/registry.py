@@ -10,8 +10,6 @@ Every name has a pretrained configuration (:mod:`deit.models.pretrained`, timm's
 from __future__ import annotations
 
 import difflib
-import os
-from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -67,14 +65,6 @@ def check_model_name(name: str) -> None:
         close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model name {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
-
-
-def default_checkpoint_dir(checkpoint_dir: str | os.PathLike | None = None) -> Path | None:
-    """``checkpoint_dir`` if given, else ``$DEIT_CHECKPOINT_DIR``, else None."""
-    if checkpoint_dir is not None:
-        return Path(checkpoint_dir)
-    env = os.environ.get("DEIT_CHECKPOINT_DIR")
-    return Path(env) if env else None
 
 
 # timm's keyword names (timm/models/vision_transformer.py, convnext.py) -> ours, per family.
@@ -138,48 +128,13 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
                      "register_model(family, pretrained_cfg=PretrainedCfg(input_size=(3, H, W), ...))")
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None,
-                 num_classes: int | None = None, checkpoint_dir: str | os.PathLike | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, download: bool | None = None, progress: bool = True,
-                 **overrides: Any) -> nn.Module:
-    """Build a registered model, optionally loading weights.
-
-    Args:
-        name: a name from :func:`list_models`.
-        pretrained: load the variant's published weights, found by
-            :func:`deit.hub.resolve_pretrained_file`: ``checkpoint_dir`` /
-            ``$DEIT_CHECKPOINT_DIR`` (``<name>.safetensors|.pth`` or the published file name),
-            then the download cache, then the download (verified, into the cache).
-        checkpoint: explicit weights file (any format :func:`deit.checkpoint.load_pretrained`
-            reads); implies ``pretrained``.
-        num_classes: override the number of classes; a checkpoint head of another size is
-            then dropped and re-initialised (logged).
-        checkpoint_dir: where ``pretrained`` weights — and a named teacher's weights — are
-            looked up; defaults to ``$DEIT_CHECKPOINT_DIR``.
-        cache_dir, download, progress: the download cache (default ``$DEIT_CACHE`` or
-            ``~/.cache/deit``), whether a download is allowed (default: unless
-            ``$DEIT_OFFLINE`` is set) and its progress bar.
-        overrides: any constructor argument (``image_size=384``, ``teacher_model_name=…``),
-            or its timm name (``img_size``, ``in_chans``, ``drop_rate``, ``drop_path_rate``,
-            ``global_pool``; see :func:`resolve_timm_kwargs`).
-    """
-    from deit.checkpoint import load_pretrained
-
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """The registered variant ``name`` with random weights; ``kwargs`` are constructor
+    arguments or their timm names (:func:`resolve_timm_kwargs`). Loading weights is
+    :func:`deit.factory.create_model`'s."""
     check_model_name(name)
-    overrides = resolve_timm_kwargs(name, overrides)
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    if checkpoint_dir is not None and overrides.get("teacher_model_name") is not None:
-        overrides.setdefault("checkpoint_dir", checkpoint_dir)
-    if checkpoint is None and pretrained:  # found (or failed) before building a large model
-        from deit.hub import resolve_pretrained_file
-
-        checkpoint = resolve_pretrained_file(name, checkpoint_dir=checkpoint_dir, cache_dir=cache_dir,
-                                             download=download, progress=progress)
-    model = _MODELS[name](**overrides)
+    model = _MODELS[name](**resolve_timm_kwargs(name, kwargs))
     model.model_name = name
-    if checkpoint is not None:
-        load_pretrained(model, checkpoint)
     return model
 
 
