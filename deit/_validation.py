@@ -7,37 +7,39 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from deit.errors import ConfigError
+
 
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name}={value!r} is not supported; expected one of: {choices}")
+        raise ConfigError(f"{name}={value!r} is not supported; expected one of: {choices}")
 
 
 def check_positive_int(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is an int > 0 (bools are rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
+        raise ConfigError(f"{name}={value!r} is invalid; expected a positive integer")
 
 
 def check_non_negative_int(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is an int >= 0 (bools are rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= 0")
+        raise ConfigError(f"{name}={value!r} is invalid; expected an integer >= 0")
 
 
 def check_probability(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a real number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
-        raise ValueError(f"{name}={value!r} is invalid; expected a probability in [0, 1)")
+        raise ConfigError(f"{name}={value!r} is invalid; expected a probability in [0, 1)")
 
 
 def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> None:
     """Raise ``ValueError`` unless ``divisor`` divides ``value``."""
     if value % divisor != 0:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={value} must be divisible by {divisor_name}={divisor} "
             f"(remainder {value % divisor})"
         )
@@ -57,9 +59,9 @@ def check_image_values(x) -> None:
             or x.device.type == "meta"):
         return
     if x.shape[0] == 0:
-        raise ValueError(f"got an empty batch (input of shape {tuple(x.shape)}); expected at least one image")
+        raise ConfigError(f"got an empty batch (input of shape {tuple(x.shape)}); expected at least one image")
     if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
+        raise ConfigError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
                          "x.float() and normalise as the model's data config says")
     if x.device.type != "cuda" or not torch.is_grad_enabled():
         _check_finite(x)
@@ -70,5 +72,5 @@ def _check_finite(x) -> None:
 
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"the input holds {bad} NaN or Inf value(s) in a batch of shape {tuple(x.shape)}; "
+        raise ConfigError(f"the input holds {bad} NaN or Inf value(s) in a batch of shape {tuple(x.shape)}; "
                          "expected finite pixel values (check the data pipeline and normalisation)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Sequence
 
 import torch
 
-from deit.checkpoint import CheckpointError, build_from_checkpoint, convert_checkpoint, save_model
+from deit.checkpoint import save_model
 from deit.config import add_config_arguments, load_config, overrides_from_args
-from deit.engine import NonFiniteLossError
-from deit.models import DeiT, create_model, list_models
+from deit.errors import ConfigError, DeitError
+from deit.factory import build_from_checkpoint, convert_checkpoint, create_model
+from deit.flops import count_flops
+from deit.models.deit import DeiT
+from deit.models.registry import list_models
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -31,8 +35,6 @@ def _format_params(n: int) -> str:
 def model_zoo_row(name: str) -> dict[str, object]:
     """Parameters (1000 classes), default input size and forward GFLOPs per image of a
     registered model, counted on the meta device (shapes only: no memory, no time)."""
-    from deit.benchmark import count_flops
-
     with torch.device("meta"):
         model = create_model(name).eval()
         size = getattr(model, "image_size", None) or (32 if name.endswith("_32") else 224)
@@ -156,9 +158,8 @@ def smoke_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deit.train import train
-
     from deit import distributed
+    from deit.train import train
 
     config = load_config(args.config, overrides_from_args(args))
     result = train(config)
@@ -202,31 +203,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from deit.inference import find_images
+    from deit.inference import Predictor, find_images
 
     if args.checkpoint_dir is not None and not args.pretrained:
-        raise ValueError("--checkpoint-dir is where --pretrained looks for published weights: add --pretrained, or "
+        raise ConfigError("--checkpoint-dir is where --pretrained looks for published weights: add --pretrained, or "
                          "give the file itself with --checkpoint FILE")
     if args.pretrained:  # the variant's published weights: local folder, cache, else download
         if args.model is None or args.onnx is not None:
-            raise ValueError("--pretrained takes the weights of --model NAME (a registered name; see deit "
+            raise ConfigError("--pretrained takes the weights of --model NAME (a registered name; see deit "
                              "list-models) and does not combine with --onnx")
         from deit.hub import resolve_pretrained_file
 
         args.checkpoint = str(resolve_pretrained_file(args.model, checkpoint=args.checkpoint,
                                                       checkpoint_dir=args.checkpoint_dir))
     if (args.checkpoint is None) == (args.onnx is None):
-        raise ValueError("give exactly one of --checkpoint CKPT (PyTorch) or --onnx MODEL.onnx (onnxruntime)")
+        raise ConfigError("give exactly one of --checkpoint CKPT (PyTorch) or --onnx MODEL.onnx (onnxruntime)")
     if args.onnx is not None:
         from deit.onnx_predict import OnnxPredictor
 
         if any(v is not None for v in preprocessing_overrides(args).values()):
-            raise ValueError("--mean/--std/--crop-pct/--interpolation apply to --checkpoint; an --onnx file "
+            raise ConfigError("--mean/--std/--crop-pct/--interpolation apply to --checkpoint; an --onnx file "
                              "carries its preprocessing (set them at deit export)")
         predictor = OnnxPredictor(args.onnx)
     else:
-        from deit.inference import Predictor
-
         predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model,
                                               overrides=preprocessing_overrides(args))
     found = find_images(args.images)
@@ -305,6 +304,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit", description="Data-efficient Image Transformers (DeiT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log checkpoint adaptations and progress")
+    parser.add_argument("--debug", action="store_true", default=os.environ.get("DEIT_DEBUG", "") not in ("", "0"),
+                        help="show the full traceback of an error instead of its one-line message "
+                             "(also DEIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the main job: train a ConvNeXt teacher, a distilled DeiT and a control on "
@@ -457,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_cpu_allocator()  # the benchmark applies it itself, after measuring without it
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, OSError, NonFiniteLossError) as err:
+    except (DeitError, OSError) as err:  # a message for the user; anything else is a bug and keeps its traceback
+        if args.debug:
+            raise
         print(f"deit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from deit._validation import check_choice
+from deit.errors import ConfigError
 from deit.losses import DISTILLATION_TYPES, KL_REDUCTIONS
 
 
@@ -93,20 +94,20 @@ class TrainConfig:
         try:
             return self._validate()
         except ValueError as err:
-            raise ValueError(name_flag(str(err))) from None
+            raise ConfigError(name_flag(str(err))) from None
 
     def _validate(self) -> "TrainConfig":
         def positive_int(name: str) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
+                raise ConfigError(f"{name}={value!r} is invalid; expected a positive integer")
 
         def in_range(name: str, low: float, high: float, allow_none: bool = False) -> None:
             value = getattr(self, name)
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ValueError(f"{name}={value!r} is invalid; expected a number in [{low}, {high}]")
+                raise ConfigError(f"{name}={value!r} is invalid; expected a number in [{low}, {high}]")
 
         for name in ("epochs", "batch_size", "accum_steps", "repeated_aug", "eval_interval"):
             positive_int(name)
@@ -114,13 +115,13 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 positive_int(name)
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
+            raise ConfigError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected an integer >= 0")
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected an integer >= 0")
         for name in ("lr", "min_lr", "warmup_lr"):
             in_range(name, 0.0, 10.0)
         if self.lr <= 0:
-            raise ValueError(f"lr={self.lr!r} is invalid; expected a learning rate > 0")
+            raise ConfigError(f"lr={self.lr!r} is invalid; expected a learning rate > 0")
         in_range("weight_decay", 0.0, 10.0)
         in_range("clip_grad", 1e-12, 1e12, allow_none=True)
         for name in ("drop_path", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing"):
@@ -135,30 +136,30 @@ class TrainConfig:
             in_range("distillation_tau", 1e-6, 1e6)
         if (not isinstance(self.scale, (tuple, list)) or len(self.scale) != 2
                 or not 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"scale={self.scale!r} is invalid; expected two numbers 0 < min <= max <= 1")
+            raise ConfigError(f"scale={self.scale!r} is invalid; expected two numbers 0 < min <= max <= 1")
         for name, allowed in CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
-            raise ValueError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
+            raise ConfigError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
         for name in ("teacher_mean", "teacher_std"):
             values = getattr(self, name)
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
-                raise ValueError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel of "
+                raise ConfigError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel of "
                                  "the teacher's input, in the units of pixels scaled to [0, 1])")
         if self.teacher_pretrained and not self.teacher_model:
-            raise ValueError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
+            raise ConfigError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
                              "with published weights, or drop --teacher-pretrained")
         if (self.teacher_mean is None) != (self.teacher_std is None):
-            raise ValueError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
+            raise ConfigError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
                              "(--teacher-mean and --teacher-std) or neither")
         if self.teacher_std is not None and min(self.teacher_std) <= 0:
-            raise ValueError(f"teacher_std={self.teacher_std!r} is invalid; expected standard deviations > 0")
+            raise ConfigError(f"teacher_std={self.teacher_std!r} is invalid; expected standard deviations > 0")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device={self.device!r} is invalid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+            raise ConfigError(f"device={self.device!r} is invalid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model={self.model!r} is invalid; expected a registered model name")
+            raise ConfigError(f"model={self.model!r} is invalid; expected a registered model name")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,7 +270,8 @@ HELP: dict[str, tuple[str, str]] = {
     "smoothing": ("augmentation", "label smoothing (paper: 0.1, Table 9)"),
     "repeated_aug": ("augmentation", "repeated augmentation: differently augmented copies of each image per "
                                      "epoch, 1 turns it off (paper: 3, Table 9)"),
-    "amp": ("run", "mixed precision: bf16 autocast on CPU; bf16 or fp16 (with a gradient scaler) on CUDA"),
+    "amp": ("run", "mixed precision: bf16 autocast on CPU (fp32, with a warning, on a CPU without bf16 "
+                   "units); bf16 or fp16 (with a gradient scaler) on CUDA"),
     "amp_dtype": ("run", "autocast dtype of --amp"),
     "compile": ("run", "torch.compile the student (pays off on CUDA; on CPU compiling takes about a minute)"),
     "output": ("run", "run directory: config.yaml, last.pth, best.pth, metrics.csv, curves.png, summary.json"),
@@ -321,7 +323,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
     """Build and validate a config; unknown keys are errors that list the valid ones."""
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
-        raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: "
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: "
                          f"{', '.join(FIELD_NAMES)}")
     values = dict(data)
     if "scale" in values and isinstance(values["scale"], list):
@@ -329,7 +331,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
     try:
         _check_types(values, source)
     except ValueError as err:
-        raise ValueError(name_flag(str(err))) from None
+        raise ConfigError(name_flag(str(err))) from None
     return TrainConfig(**values).validate()
 
 
@@ -339,16 +341,16 @@ def _check_types(values: dict[str, Any], source: str) -> None:
         base, optional = _unwrap_optional(field_types()[name])
         if value is None:
             if not optional:
-                raise ValueError(f"{source}: {name} may not be empty (null)")
+                raise ConfigError(f"{source}: {name} may not be empty (null)")
             continue
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
         elif base in (int, str, bool) and not isinstance(value, base):
-            raise ValueError(f"{source}: {name}={value!r} is invalid; expected {base.__name__}")
+            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected {base.__name__}")
         elif base is bool and not isinstance(value, bool):
-            raise ValueError(f"{source}: {name}={value!r} is invalid; expected true or false")
+            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected true or false")
         if base is int and isinstance(value, bool):
-            raise ValueError(f"{source}: {name}={value!r} is invalid; expected an integer")
+            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected an integer")
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -357,13 +359,13 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
+            raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
         data.update(loaded or {})
     data.update(overrides or {})
     return config_from_dict(data, source=str(path) if path else "config")

@@ -30,6 +30,7 @@ from torch import nn
 from deit._validation import check_choice
 from deit.data import build_transform, load_dataset
 from deit.data.datasets import DatasetNotFoundError
+from deit.errors import ConfigError
 from deit.fileio import atomic_write
 from deit.inference import load_for_inference
 from deit.onnx_predict import read_onnx_metadata
@@ -53,7 +54,7 @@ class ExportHead(nn.Module):
             head = RETURN_TYPE_HEADS.get(getattr(model, "return_logits_type", "fusion"), "fusion")
         check_choice("head", head, HEADS)
         if not self.distilled and head != "fusion":
-            raise ValueError(f"head={head!r} needs a distilled model (cls and dist heads); "
+            raise ConfigError(f"head={head!r} needs a distilled model (cls and dist heads); "
                              f"{getattr(model, 'model_name', type(model).__name__)} has a single head: "
                              "export it with head='fusion' (the default)")
         self.model = model
@@ -125,7 +126,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None =
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript" if path.suffix in (".pt", ".ts", ".torchscript")
                   else None)
     if fmt is None:
-        raise ValueError(f"cannot tell the export format from {path.name}: expected a .onnx file (ONNX) or "
+        raise ConfigError(f"cannot tell the export format from {path.name}: expected a .onnx file (ONNX) or "
                          ".pt / .ts / .torchscript (TorchScript), or pass fmt=")
     check_choice("fmt", fmt, EXPORT_FORMATS)
     wrapper = ExportHead(model, head)
@@ -185,7 +186,7 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     with _quiet_tracing():
         torch.jit.load(str(path), _extra_files=files, map_location="cpu")
     if not files[METADATA_KEY]:
-        raise ValueError(f"{path} holds no deit metadata ({METADATA_KEY}); was it written by deit export?")
+        raise ConfigError(f"{path} holds no deit metadata ({METADATA_KEY}); was it written by deit export?")
     return json.loads(files[METADATA_KEY])
 
 
@@ -264,5 +265,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             if real is not None:
                 report["max_abs_diff"]["real"] = verify_export(path, model, real, head=head, atol=atol)
         except AssertionError as err:
-            raise ValueError(f"export verification failed: {err}. The file is kept for inspection.") from None
+            raise ConfigError(f"export verification failed: {err}. The file is kept for inspection.") from None
     return report

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Sequence
 
 from deit.checkpoint_io import CHECKPOINT_SUFFIXES
-from deit.errors import CheckpointError, MissingCheckpointError
+from deit.errors import CheckpointError, ConfigError, MissingCheckpointError
 from deit.models.pretrained import WeightFile
 from deit.models.registry import get_pretrained_cfg, list_models
 
@@ -255,7 +255,7 @@ def weight_from_url(url: str) -> WeightFile:
     prefix (``torch.hub``'s ``HASH_REGEX`` convention, the official DeiT release names)."""
     file_name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
     if not file_name:
-        raise ValueError(f"URL {url!r} names no file; expected e.g. https://host/path/weights-1a2b3c4d.pth")
+        raise ConfigError(f"URL {url!r} names no file; expected e.g. https://host/path/weights-1a2b3c4d.pth")
     prefix = re.search(r"-([a-f0-9]{6,64})\.", file_name)
     return WeightFile(url=url, hf_hub_id=None, file_name=file_name, sha256=prefix.group(1) if prefix else None,
                       layout="official")

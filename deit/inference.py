@@ -22,6 +22,7 @@ from deit.checkpoint import CheckpointError
 from deit.data import CorruptDatasetError, build_loader, build_transform, dataset_mean_std, load_dataset, load_image
 from deit.data.decode import decoded_batches
 from deit.engine import evaluate
+from deit.errors import ConfigError
 from deit.factory import build_from_checkpoint
 from deit.models.deit import DeiT
 from deit.preprocessing import resolve_labels, resolve_preprocessing, variant_config
@@ -117,7 +118,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     data_config = meta["data_config"]
     dataset = dataset or data_config.get("dataset")
     if not dataset:
-        raise ValueError(f"{path} does not record its data set: pass --dataset")
+        raise ConfigError(f"{path} does not record its data set: pass --dataset")
     fallback, fallback_name = None, "timm's defaults"
     if not data_config.get("mean") and variant_config(model) is None and not (overrides or {}).get("mean"):
         mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir, bad_images=bad_images))
@@ -132,7 +133,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     num_outputs = getattr(model, "num_classes", len(classes))
     if len(data_classes) != num_outputs or [str(c) for c in classes] != data_classes:
         shown = ", ".join(data_classes[:10]) + (" …" if len(data_classes) > 10 else "")
-        raise ValueError(
+        raise ConfigError(
             f"{path} predicts {num_outputs} classes ({', '.join(map(str, classes[:10]))}"
             f"{' …' if len(classes) > 10 else ''}) but {dataset} has {len(data_classes)} ({shown}); evaluating "
             f"it there would compare unrelated labels. Fine-tune it on that data first: deit train --finetune "
@@ -234,9 +235,9 @@ class Predictor:
         others are still predicted). Images are decoded and run ``batch_size`` at a time."""
 
         if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
-            raise ValueError(f"topk={topk!r} is invalid; expected a positive integer (--topk)")
+            raise ConfigError(f"topk={topk!r} is invalid; expected a positive integer (--topk)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer (--batch-size)")
+            raise ConfigError(f"batch_size={batch_size!r} is invalid; expected a positive integer (--batch-size)")
         results: list[dict[str, Any]] = []
         decode = lambda path: self.transform(load_image(path, self.in_channels))  # noqa: E731  (C, H, W)
         for entries, tensors in decoded_batches(paths, decode, batch_size):

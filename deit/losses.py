@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deit._validation import check_choice
+from deit.errors import ConfigError
 from deit.models.teacher_output import TeacherRef, teacher_logits
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
@@ -89,10 +90,10 @@ class DistillationLoss(nn.Module):
         if alpha is None:
             alpha = {"soft": PAPER_SOFT_ALPHA, "hard": PAPER_HARD_ALPHA}.get(distillation_type, 0.0)
         if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"distillation alpha={alpha} is invalid; expected a weight in [0, 1]")
+            raise ConfigError(f"distillation alpha={alpha} is invalid; expected a weight in [0, 1]")
         tau = PAPER_TAU if tau is None else tau
         if not float(tau) > 0:
-            raise ValueError(f"distillation tau={tau} is invalid; expected a temperature > 0")
+            raise ConfigError(f"distillation tau={tau} is invalid; expected a temperature > 0")
         self.base_criterion = base_criterion
         self._teacher_ref = TeacherRef(teacher)  # frozen, never a submodule (not in state_dict)
         self.distillation_type = distillation_type
@@ -109,7 +110,7 @@ class DistillationLoss(nn.Module):
         """The teacher's logits (B, K) for ``inputs``, as a loss target (see
         :func:`deit.models.teacher_output.teacher_logits`)."""
         if self.teacher is None:
-            raise ValueError(f"{self.distillation_type} distillation needs a teacher: pass teacher= or "
+            raise ConfigError(f"{self.distillation_type} distillation needs a teacher: pass teacher= or "
                              "teacher_outputs=")
         return teacher_logits(self.teacher, inputs, num_classes)
 

@@ -25,6 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+try:
+    from deit.errors import ConfigError
+except ImportError:  # run without torch (and so without the deit package): plain ValueErrors
+    ConfigError = ValueError
+
 __all__ = ["OnnxPredictor", "preprocess", "read_onnx_metadata"]
 
 
@@ -55,11 +60,11 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf DecodeError and friends
-        raise ValueError(f"{path} is not a readable ONNX file ({type(err).__name__}: {err})") from None
+        raise ConfigError(f"{path} is not a readable ONNX file ({type(err).__name__}: {err})") from None
     metadata = {p.key: json.loads(p.value) for p in model.metadata_props}
     missing = [k for k in _REQUIRED if k not in metadata]
     if missing:
-        raise ValueError(f"{path} lacks the preprocessing metadata {missing}; expected a file written by "
+        raise ConfigError(f"{path} lacks the preprocessing metadata {missing}; expected a file written by "
                          "`deit export` (it records image size, mean/std and class names)")
     return metadata
 
@@ -76,7 +81,7 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
     (``crop_mode`` ``center``) or both sides (``squash``) to ``floor(size / crop_pct)``, then
     the centred ``size`` x ``size`` square."""
     if interpolation not in _FILTERS:
-        raise ValueError(f"interpolation {interpolation!r} in the file's metadata is not supported; expected one "
+        raise ConfigError(f"interpolation {interpolation!r} in the file's metadata is not supported; expected one "
                          f"of {', '.join(_FILTERS)}")
     scale = int(math.floor(size / crop_pct))
     w, h = image.size
@@ -85,7 +90,7 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
     elif crop_mode == "center":
         new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     else:
-        raise ValueError(f"crop_mode {crop_mode!r} in the file's metadata is not supported here; expected center "
+        raise ConfigError(f"crop_mode {crop_mode!r} in the file's metadata is not supported here; expected center "
                          "or squash (export again with deit export)")
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), _FILTERS[interpolation])
@@ -130,9 +135,9 @@ class OnnxPredictor:
         """As :meth:`deit.inference.Predictor.predict_files`: one result per path, in order,
         ``{"image", "top"}`` or ``{"image", "error"}``; ``batch_size`` images per run."""
         if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
-            raise ValueError(f"topk={topk!r} is invalid; expected a positive integer")
+            raise ConfigError(f"topk={topk!r} is invalid; expected a positive integer")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
+            raise ConfigError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
         classes, ids = self.metadata["classes"], self.metadata.get("class_ids")
         results: list[dict[str, Any]] = []
         for entries, arrays in _decoder().decoded_batches(paths, lambda p: preprocess(p, self.metadata), batch_size):

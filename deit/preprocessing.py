@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from deit.data.transforms import CROP_MODES
+from deit.errors import ConfigError
 from deit.models.pretrained import class_names
 from deit.models.registry import get_pretrained_cfg
 
@@ -61,24 +62,24 @@ def check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         if value is None:
             continue
         if key not in OVERRIDE_FLAGS and key not in PREPROCESSING_KEYS:
-            raise ValueError(f"unknown preprocessing setting {key!r}; expected one of {', '.join(PREPROCESSING_KEYS)}")
+            raise ConfigError(f"unknown preprocessing setting {key!r}; expected one of {', '.join(PREPROCESSING_KEYS)}")
         flag = OVERRIDE_FLAGS.get(key, key)
         if key in ("mean", "std"):
             values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
             if len(values) not in (1, 3) or any(not math.isfinite(v) for v in values):
-                raise ValueError(f"{flag} {values} is invalid; expected 1 or 3 finite numbers (one per channel)")
+                raise ConfigError(f"{flag} {values} is invalid; expected 1 or 3 finite numbers (one per channel)")
             if key == "std" and min(values) <= 0:
-                raise ValueError(f"{flag} {values} is invalid; expected every entry > 0")
+                raise ConfigError(f"{flag} {values} is invalid; expected every entry > 0")
             value = values
         elif key == "crop_pct":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-                raise ValueError(f"{flag} {value!r} is invalid; expected the fraction of the resized image kept by "
+                raise ConfigError(f"{flag} {value!r} is invalid; expected the fraction of the resized image kept by "
                                  "the centre crop, in (0, 1] (0.875 for timm's default, 1.0 to keep all)")
             value = float(value)
         elif key == "interpolation" and value not in EVAL_INTERPOLATIONS:
-            raise ValueError(f"{flag} {value!r} is invalid; expected one of {', '.join(EVAL_INTERPOLATIONS)}")
+            raise ConfigError(f"{flag} {value!r} is invalid; expected one of {', '.join(EVAL_INTERPOLATIONS)}")
         elif key == "crop_mode" and value not in CROP_MODES:
-            raise ValueError(f"crop_mode {value!r} is invalid; expected one of {', '.join(CROP_MODES)}")
+            raise ConfigError(f"crop_mode {value!r} is invalid; expected one of {', '.join(CROP_MODES)}")
         checked[key] = value
     return checked
 

@@ -47,6 +47,7 @@ from deit.checkpoint import (
     load_checkpoint_object,
     read_checkpoint,
 )
+from deit.errors import ConfigError
 from deit.hub import default_checkpoint_dir
 from deit.models.registry import build_model, check_model_name, get_pretrained_cfg, model_family
 from deit.models.teacher_output import TeacherInputNorm, same_statistics
@@ -63,27 +64,27 @@ STATS_FLAGS = "--teacher-mean/--teacher-std"
 def resolve_teacher_name(name: str, image_size: int) -> str:
     """Map a user-facing teacher name to a registered name or ``timm:<name>``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"teacher_model_name={name!r} is invalid; expected a model name")
+        raise ConfigError(f"teacher_model_name={name!r} is invalid; expected a model name")
     if name.lower() == "convnext":
         return DEFAULT_CONVNEXT_SMALL_IMAGES if image_size < SMALL_IMAGE_THRESHOLD else DEFAULT_CONVNEXT
     if name.startswith(TIMM_PREFIX):
         timm_name = name[len(TIMM_PREFIX):]
         if not timm_name:
-            raise ValueError("teacher_model_name='timm:' needs a timm model name after the colon")
+            raise ConfigError("teacher_model_name='timm:' needs a timm model name after the colon")
         import difflib
 
         import timm
 
         if not timm.is_model(timm_name):
             close = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
-            raise ValueError(f"teacher_model_name={name!r}: timm has no architecture {timm_name!r}"
+            raise ConfigError(f"teacher_model_name={name!r}: timm has no architecture {timm_name!r}"
                              + (f" (close: {', '.join(close)})" if close else "")
                              + "; see timm.list_models() (--teacher-model timm:<name>)")
         return name
     try:
         check_model_name(name)
     except ValueError as err:
-        raise ValueError(f"teacher_model_name={name!r} is not a known teacher; expected 'ConvNeXt', "
+        raise ConfigError(f"teacher_model_name={name!r} is not a known teacher; expected 'ConvNeXt', "
                          f"'timm:<timm model name>' or a registered model ({err})") from None
     return name
 
@@ -102,7 +103,7 @@ def build_teacher(resolved_name: str, *, num_classes: int, in_channels: int, ima
         try:
             return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
         except RuntimeError as err:
-            raise ValueError(f"teacher_model_name={resolved_name!r}: timm does not know {timm_name!r} "
+            raise ConfigError(f"teacher_model_name={resolved_name!r}: timm does not know {timm_name!r} "
                              f"({err})") from None
     kwargs = dict(num_classes=num_classes, in_channels=in_channels)
     if model_family(resolved_name) == "vit":
@@ -188,7 +189,7 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[flo
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise ValueError(f"{what}={list(values)} has {len(values)} values but the teacher has {channels} input "
+        raise ConfigError(f"{what}={list(values)} has {len(values)} values but the teacher has {channels} input "
                          f"channel(s); give one value per channel or a single value for all ({STATS_FLAGS})")
     return values
 
@@ -202,7 +203,7 @@ def resolve_teacher_input(resolved: str, *, student_channels: int, data_config: 
     ``state_dict`` its weights (the first convolution gives the channels).
     """
     if (mean is None) != (std is None):
-        raise ValueError(f"teacher_mean={mean!r} and teacher_std={std!r}: give both or neither ({STATS_FLAGS})")
+        raise ConfigError(f"teacher_mean={mean!r} and teacher_std={std!r}: give both or neither ({STATS_FLAGS})")
     data_config = data_config or {}
     first_conv = None
     if resolved.startswith(TIMM_PREFIX):
@@ -265,7 +266,7 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
         raise type(err)(f"{err} (needed for {expected(in_channels)}).{hint}") from None
     renormalise = input_mean is not None and input_std is not None
     if not renormalise and (teacher_mean is not None or teacher_std is not None):
-        raise ValueError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
+        raise ConfigError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
                          "student's statistics too (input_mean=, input_std=)")
     spec = TeacherInput(in_channels)
     if renormalise:

@@ -39,6 +39,7 @@ from torch import nn
 
 from deit._validation import check_choice
 from deit.data import load_image
+from deit.errors import ConfigError
 from deit.fileio import atomic_write
 from deit.inference import Predictor, load_for_inference
 from deit.models.layers import Block, plain_forward
@@ -75,7 +76,7 @@ def _check_transformer(model: nn.Module) -> None:
     if (not isinstance(model, nn.Module) or not hasattr(model, "forward_features")
             or not isinstance(blocks, nn.Sequential) or len(blocks) == 0
             or not all(isinstance(b, Block) for b in blocks)):
-        raise ValueError(f"model must be a ViT or DeiT of this library (deit.models), got "
+        raise ConfigError(f"model must be a ViT or DeiT of this library (deit.models), got "
                          f"{type(model).__name__}; attention maps need its transformer blocks")
 
 
@@ -101,7 +102,7 @@ class _Trace:
 
 def _model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be an image tensor (B, C, H, W), got {type(x).__name__}")
+        raise ConfigError(f"x must be an image tensor (B, C, H, W), got {type(x).__name__}")
     ref = model.pos_embed
     return x.to(device=ref.device, dtype=ref.dtype if x.is_floating_point() else None)
 
@@ -177,7 +178,7 @@ def _cls_dist_similarity(states: Sequence[torch.Tensor]) -> list[float]:
 
 def _check_distilled(model: nn.Module) -> None:
     if getattr(model, "num_prefix_tokens", 1) < 2 or not hasattr(model, "dist_token"):
-        raise ValueError(f"model ({type(model).__name__}) has no distillation token; the cls/dist token "
+        raise ConfigError(f"model ({type(model).__name__}) has no distillation token; the cls/dist token "
                          "similarity needs a DeiT with a distillation token (a *_distilled_* model)")
 
 
@@ -186,18 +187,18 @@ def _check_distilled(model: nn.Module) -> None:
 def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
     """Validate a list of (B, H, N, N) attention maps; returns ``(B, N)``."""
     if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence) or len(maps) == 0:
-        raise ValueError(f"maps must be a non-empty list of attention tensors of shape (B, heads, N, N), "
+        raise ConfigError(f"maps must be a non-empty list of attention tensors of shape (B, heads, N, N), "
                          f"one per block, got {type(maps).__name__}")
     first = maps[0]
     for i, a in enumerate(maps):
         if not isinstance(a, torch.Tensor) or a.ndim != 4 or a.shape[-1] != a.shape[-2]:
             shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-            raise ValueError(f"maps[{i}] has shape {shape}; expected (B, heads, N, N)")
+            raise ConfigError(f"maps[{i}] has shape {shape}; expected (B, heads, N, N)")
         if (a.shape[0], a.shape[-1]) != (first.shape[0], first.shape[-1]):
-            raise ValueError(f"maps[{i}] has shape {tuple(a.shape)} but maps[0] has {tuple(first.shape)}; expected "
+            raise ConfigError(f"maps[{i}] has shape {tuple(a.shape)} but maps[0] has {tuple(first.shape)}; expected "
                              "the same batch size B and token count N in every layer")
         if not a.is_floating_point():
-            raise ValueError(f"maps[{i}] has dtype {a.dtype}; expected floating-point attention probabilities")
+            raise ConfigError(f"maps[{i}] has dtype {a.dtype}; expected floating-point attention probabilities")
     return first.shape[0], first.shape[-1]
 
 
@@ -233,11 +234,11 @@ def _check_rollout_args(token_index: Any, head_fusion: Any, discard_ratio: Any, 
                         num_tokens: int) -> None:
     if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) \
             or not 1 <= num_prefix_tokens < num_tokens:
-        raise ValueError(f"num_prefix_tokens={num_prefix_tokens!r} is invalid; expected an integer from 1 "
+        raise ConfigError(f"num_prefix_tokens={num_prefix_tokens!r} is invalid; expected an integer from 1 "
                          f"(cls) or 2 (cls, dist) up to N-1 = {num_tokens - 1}")
     if isinstance(token_index, bool) or not isinstance(token_index, int) \
             or not 0 <= token_index < num_prefix_tokens:
-        raise ValueError(f"token_index={token_index!r} is invalid; expected the index of a prefix token, "
+        raise ConfigError(f"token_index={token_index!r} is invalid; expected the index of a prefix token, "
                          f"0 (cls){' or 1 (dist)' if num_prefix_tokens > 1 else ''}, below "
                          f"num_prefix_tokens={num_prefix_tokens}")
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
@@ -247,7 +248,7 @@ def _check_rollout_args(token_index: Any, head_fusion: Any, discard_ratio: Any, 
 def _check_discard_ratio(discard_ratio: Any) -> None:
     if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) \
             or not 0.0 <= discard_ratio < 1.0:
-        raise ValueError(f"discard_ratio={discard_ratio!r} is invalid; expected a fraction in [0, 1)")
+        raise ConfigError(f"discard_ratio={discard_ratio!r} is invalid; expected a fraction in [0, 1)")
 
 
 def attention_rollout(maps: Sequence[torch.Tensor], token_index: int = 0, *, head_fusion: str = "mean",
@@ -303,12 +304,12 @@ def overlay(image: Image.Image, mask_2d: torch.Tensor, alpha: float = 0.5, *, cm
     import matplotlib
 
     if not isinstance(image, Image.Image):
-        raise ValueError(f"image must be a PIL.Image, got {type(image).__name__}")
+        raise ConfigError(f"image must be a PIL.Image, got {type(image).__name__}")
     if not isinstance(mask_2d, torch.Tensor) or mask_2d.ndim != 2 or mask_2d.numel() == 0:
         shape = tuple(mask_2d.shape) if isinstance(mask_2d, torch.Tensor) else type(mask_2d).__name__
-        raise ValueError(f"mask_2d has shape {shape}; expected a 2-D (gh, gw) tensor")
+        raise ConfigError(f"mask_2d has shape {shape}; expected a 2-D (gh, gw) tensor")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r} is invalid; expected a blending weight in [0, 1]")
+        raise ConfigError(f"alpha={alpha!r} is invalid; expected a blending weight in [0, 1]")
     check_choice("cmap", cmap, COLORMAPS)
     width, height = image.size
     mask = mask_2d.detach().float().cpu().clamp(0.0, 1.0)[None, None]  # (1, 1, gh, gw)
@@ -467,7 +468,7 @@ def _load(checkpoint_or_model: str | os.PathLike | nn.Module, data_config: Mappi
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
         model, meta = load_for_inference(checkpoint_or_model, model_name=model_name, use_ema=use_ema)
     else:
-        raise ValueError(f"checkpoint_or_model must be a checkpoint path or an nn.Module, got "
+        raise ConfigError(f"checkpoint_or_model must be a checkpoint path or an nn.Module, got "
                          f"{type(checkpoint_or_model).__name__}")
     _check_transformer(model)
     config = dict(meta["data_config"] or {})
@@ -495,7 +496,7 @@ def visualize(checkpoint_or_model: str | os.PathLike | nn.Module, image_path: st
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     _check_discard_ratio(discard_ratio)
     if not isinstance(per_layer, bool):
-        raise ValueError(f"per_layer={per_layer!r} is invalid; expected True or False")
+        raise ConfigError(f"per_layer={per_layer!r} is invalid; expected True or False")
     model, names, config = _load(checkpoint_or_model, data_config, classes, model_name, use_ema)
     image, x, predictor = _preprocess(model, names, config, image_path)  # PIL image, (1, C, H, W)
     names = predictor.classes

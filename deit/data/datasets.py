@@ -37,6 +37,7 @@ from torchvision.datasets.folder import find_classes
 
 from deit._validation import check_choice
 from deit.data.decode import load_image, stored_channels
+from deit.errors import ConfigError, DeitError
 
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
@@ -57,12 +58,12 @@ IDX_FILES = {  # split -> (images stem, labels stem); each file may also end in 
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DeitError, FileNotFoundError):
     """The files of a data set are not where they were looked for; the message names the
     paths tried and how to get the data."""
 
 
-class CorruptDatasetError(ValueError):
+class CorruptDatasetError(DeitError, ValueError):
     """A data file exists but cannot be decoded (truncated, wrong format); the message
     names the file."""
 
@@ -114,18 +115,18 @@ class ArrayImageDataset(Dataset):
         images = np.asarray(images)
         targets_array = np.asarray(targets)
         if images.dtype != np.uint8:
-            raise ValueError(f"images has dtype {images.dtype}; expected uint8 (values 0..255)")
+            raise ConfigError(f"images has dtype {images.dtype}; expected uint8 (values 0..255)")
         if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
-            raise ValueError(f"images has shape {images.shape}; expected (N, H, W) for grey "
+            raise ConfigError(f"images has shape {images.shape}; expected (N, H, W) for grey "
                              "or (N, H, W, 3) for RGB")
         if targets_array.ndim != 1 or len(targets_array) != len(images):
-            raise ValueError(f"targets has shape {targets_array.shape}; expected ({len(images)},), "
+            raise ConfigError(f"targets has shape {targets_array.shape}; expected ({len(images)},), "
                              "one label per image")
         if len(targets_array) and not np.issubdtype(targets_array.dtype, np.integer):
-            raise ValueError(f"targets has dtype {targets_array.dtype}; expected integer class indices")
+            raise ConfigError(f"targets has dtype {targets_array.dtype}; expected integer class indices")
         classes = [str(c) for c in classes]
         if len(targets_array) and (targets_array.min() < 0 or targets_array.max() >= len(classes)):
-            raise ValueError(f"targets span {int(targets_array.min())}..{int(targets_array.max())}; "
+            raise ConfigError(f"targets span {int(targets_array.min())}..{int(targets_array.max())}; "
                              f"expected labels in 0..{len(classes) - 1} for {len(classes)} classes")
         self.images = images                                    # (N, H, W) or (N, H, W, 3) uint8
         self.targets_array = targets_array.astype(np.int64)     # (N,) int64
@@ -341,7 +342,7 @@ def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDa
         other_classes, _ = find_classes(str(other_dir))
         if other_classes != dataset.classes:
             mine, theirs = set(dataset.classes), set(other_classes)
-            raise ValueError(
+            raise ConfigError(
                 f"image folder {root}: train/ and val/ hold different classes; "
                 f"only in {split_dir.name}/: {sorted(mine - theirs)}, only in {other_dir.name}/: "
                 f"{sorted(theirs - mine)}. Both splits need the same class folders (labels are "
@@ -387,7 +388,7 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
         return _load_folder(Path(key), split, transform, bad_images)
-    raise ValueError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
+    raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                      "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
 
 
@@ -404,7 +405,7 @@ def stratified_indices(targets: Sequence[int], size: int, seed: int = 0) -> list
     """
     targets_array = np.asarray(targets, dtype=np.int64)                       # (N,)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size:
-        raise ValueError(f"subset size {size!r} is invalid; expected a positive integer")
+        raise ConfigError(f"subset size {size!r} is invalid; expected a positive integer")
     if size >= len(targets_array):
         return list(range(len(targets_array)))
     classes, counts = np.unique(targets_array, return_counts=True)           # (K,), (K,)
@@ -454,7 +455,7 @@ def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> Dat
     if key in DATASET_INFO:
         return DATASET_INFO[key]
     if dataset is None or not hasattr(dataset, "classes"):
-        raise ValueError(f"{key!r} is not a built-in data set ({', '.join(BUILTIN_DATASETS)}); pass the "
+        raise ConfigError(f"{key!r} is not a built-in data set ({', '.join(BUILTIN_DATASETS)}); pass the "
                          "loaded image-folder dataset so its classes can be counted")
     return DatasetInfo(key, num_classes=len(dataset.classes), channels=getattr(dataset, "channels", 3),
                        native_size=getattr(dataset, "native_size", None),

@@ -37,6 +37,11 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+try:
+    from deit.errors import ConfigError
+except ImportError:  # loaded by its path beside an exported model, where torch (and so deit) is absent
+    ConfigError = ValueError
+
 
 __all__ = ["GREY_MODES", "decoded_batches", "load_image", "to_8bit", "stored_channels"]
 
@@ -81,18 +86,18 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
     directory or a file Pillow cannot decode (truncated, not an image).
     """
     if in_channels not in _MODES:  # spelled out: this module imports nothing of the package (onnx_predict loads it alone)
-        raise ValueError(f"in_channels={in_channels!r} is not supported; expected one of: 1, 3")
+        raise ConfigError(f"in_channels={in_channels!r} is not supported; expected one of: 1, 3")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory; expected an image file")
+        raise ConfigError(f"{path} is a directory; expected an image file")
     try:
         with Image.open(path) as image:
             image.load()  # decode now so a truncated file fails here, not in a transform
             image = to_8bit(_orient(image, path))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {path} as an image: it is not a format Pillow can decode or it "
+        raise ConfigError(f"cannot read {path} as an image: it is not a format Pillow can decode or it "
                          f"is truncated ({type(err).__name__}: {err})") from None
     stored = image.mode
     try:
@@ -100,7 +105,7 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
             image = image.convert("RGB")
         return image if image.mode == _MODES[in_channels] else image.convert(_MODES[in_channels])
     except ValueError as err:  # e.g. LAB, which Pillow cannot convert
-        raise ValueError(f"cannot use {path}: its pixel mode {stored!r} cannot be converted to "
+        raise ConfigError(f"cannot use {path}: its pixel mode {stored!r} cannot be converted to "
                          f"{_MODES[in_channels]!r} ({err}); save it as RGB or greyscale") from None
 
 

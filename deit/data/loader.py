@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deit._validation import check_non_negative_int, check_positive_int
 from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
+from deit.errors import ConfigError
 
 __all__ = ["RA_ROUND", "RA_ROUND_MIN_DATASET", "build_loader", "build_sampler"]
 
@@ -59,7 +60,7 @@ def build_sampler(dataset: Sized, *, is_train: bool, repeated_aug: int = 3, worl
         return SeededRepeatAugSampler(dataset, num_replicas=world_size, rank=rank, num_repeats=repeated_aug,
                                       seed=seed, selected_round=selected_round)
     if rank >= world_size:
-        raise ValueError(f"rank={rank} is invalid for world_size={world_size}; expected 0 <= rank < world_size")
+        raise ConfigError(f"rank={rank} is invalid for world_size={world_size}; expected 0 <= rank < world_size")
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
@@ -81,7 +82,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
     sampler = build_sampler(dataset, is_train=is_train, repeated_aug=repeated_aug, world_size=world_size,
                             rank=rank, seed=seed)
     if is_train and len(sampler) < batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={batch_size} is larger than the {len(sampler)} training samples per epoch on "
             f"rank {rank} (data set of {len(dataset)}, world_size={world_size}, repeated_aug={repeated_aug}); "
             f"with drop_last=True that would give 0 batches. Expected batch_size <= {len(sampler)}: lower "

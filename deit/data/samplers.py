@@ -10,6 +10,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Sampler
 
 from deit._validation import check_non_negative_int, check_positive_int
+from deit.errors import ConfigError
 
 __all__ = ["SeededRepeatAugSampler", "ShardSampler"]
 
@@ -18,7 +19,7 @@ def _check_rank(world_size: int, rank: int) -> None:
     check_positive_int("world_size", world_size)
     check_non_negative_int("rank", rank)
     if rank >= world_size:
-        raise ValueError(f"rank={rank} is invalid for world_size={world_size}; expected 0 <= rank < world_size")
+        raise ConfigError(f"rank={rank} is invalid for world_size={world_size}; expected 0 <= rank < world_size")
 
 
 class ShardSampler(Sampler[int]):

@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from deit._validation import check_choice, check_positive_int
 from deit.data.decode import load_image  # every file is decoded there (EXIF, bit depth, channels)
+from deit.errors import ConfigError
 
 __all__ = ["CROP_MODES", "INTERPOLATIONS", "ConvertMode", "build_transform", "load_image"]
 
@@ -80,16 +81,16 @@ def _check_stats(name: str, values: Sequence[float], in_channels: int) -> tuple[
     if len(values) == 1 and in_channels == 3:
         values = values * 3  # grey statistics for a grey source replicated to RGB
     if len(values) != in_channels:
-        raise ValueError(f"{name} has {len(values)} entries {values}; expected {in_channels} "
+        raise ConfigError(f"{name} has {len(values)} entries {values}; expected {in_channels} "
                          f"(one per input channel; a 1-entry {name} is replicated for in_channels=3)")
     if name == "std" and min(values) <= 0:
-        raise ValueError(f"std={values} is invalid; expected every entry > 0")
+        raise ConfigError(f"std={values} is invalid; expected every entry > 0")
     return values
 
 
 def _check_unit(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value!r} is invalid; expected a probability in [0, 1]")
+        raise ConfigError(f"{name}={value!r} is invalid; expected a probability in [0, 1]")
 
 
 def stats_for_channels(values, channels: int) -> tuple[float, ...]:
@@ -137,7 +138,7 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     convert = ConvertMode(_MODES[in_channels])
     if not is_train:
         if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"crop_pct={crop_pct!r} is invalid; expected the fraction of the resized image kept "
+            raise ConfigError(f"crop_pct={crop_pct!r} is invalid; expected the fraction of the resized image kept "
                              "by the centre crop, in (0, 1] (--crop-pct)")
         check_choice("crop_mode", crop_mode, CROP_MODES)
         eval_interp = "bicubic" if interpolation == "random" else interpolation
@@ -145,17 +146,17 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
                                                     crop_pct=float(crop_pct), crop_mode=crop_mode,
                                                     interpolation=eval_interp, mean=mean, std=std)])
     if auto_augment is not None and not (isinstance(auto_augment, str) and auto_augment):
-        raise ValueError(f"auto_augment={auto_augment!r} is invalid; expected None or a timm policy "
+        raise ConfigError(f"auto_augment={auto_augment!r} is invalid; expected None or a timm policy "
                          "string such as 'rand-m9-mstd0.5-inc1'")
     if color_jitter is not None and (isinstance(color_jitter, bool) or not isinstance(color_jitter, (int, float))
                                      or color_jitter < 0):
-        raise ValueError(f"color_jitter={color_jitter!r} is invalid; expected None or a number >= 0")
+        raise ConfigError(f"color_jitter={color_jitter!r} is invalid; expected None or a number >= 0")
     _check_unit("reprob", reprob)
     _check_unit("hflip", hflip)
     check_choice("remode", remode, ("pixel", "rand", "const"))
     check_positive_int("recount", recount)
     if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise ValueError(f"scale={tuple(scale)!r} is invalid; expected (low, high) with 0 < low <= high <= 1")
+        raise ConfigError(f"scale={tuple(scale)!r} is invalid; expected (low, high) with 0 < low <= high <= 1")
     train = create_transform(
         input_size=image_size, is_training=True, auto_augment=auto_augment or None,
         color_jitter=color_jitter if color_jitter else None, re_prob=float(reprob), re_mode=remode,

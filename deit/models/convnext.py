@@ -24,8 +24,8 @@ from deit._validation import (
     check_positive_int,
     check_probability,
 )
+from deit.errors import ConfigError
 from deit.models.layers import DropPath, linear_drop_path_rates
-from deit.models.precision import cpu_bf16_emulated
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -129,7 +129,7 @@ class ConvNeXt(nn.Module):
         check_probability("head_dropout", head_dropout)
         depths, dims = tuple(depths), tuple(dims)
         if len(depths) != len(dims) or not depths:
-            raise ValueError(f"depths={depths} and dims={dims} must be non-empty and of equal length")
+            raise ConfigError(f"depths={depths} and dims={dims} must be non-empty and of equal length")
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             check_positive_int(f"depths[{i}]", depth)
             check_positive_int(f"dims[{i}]", dim)
@@ -180,20 +180,18 @@ class ConvNeXt(nn.Module):
         self.head.fc.apply(self._init_weights)
         self.head.fc.to(device=ref.device, dtype=ref.dtype)
 
-    @cpu_bf16_emulated
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> feature map (B, C_last, H/(s*8), W/(s*8))."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected an image batch of shape (batch, {self.in_channels}, H, W), got {shape}")
+            raise ConfigError(f"expected an image batch of shape (batch, {self.in_channels}, H, W), got {shape}")
         if min(x.shape[2:]) < self.min_input_size():
-            raise ValueError(f"images of {x.shape[2]}x{x.shape[3]} px are too small for this ConvNeXt "
+            raise ConfigError(f"images of {x.shape[2]}x{x.shape[3]} px are too small for this ConvNeXt "
                              f"(stem_stride={self.config['stem_stride']}): need at least "
                              f"{self.min_input_size()} px; use a *_32 variant (stem_stride=2) for small images")
         check_image_values(x)
         return self.stages(self.stem(x))
 
-    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from deit._validation import check_choice
-from deit.models.precision import cpu_bf16_emulated
+from deit.errors import ConfigError
 from deit.models.teacher_output import TeacherRef, teacher_logits
 from deit.models.vit import ViT
 
@@ -45,7 +45,7 @@ class DeiT(ViT):
             head) or ``"fusion"`` (mean of both heads' logits).
         teacher_model_name: the teacher used by :meth:`forward`: a registered model name
             (``deit.list_models()``), ``"ConvNeXt"`` (default ConvNeXt variant, see
-            :func:`deit.models.teacher.resolve_teacher_name`), ``"timm:<name>"``, an
+            :func:`deit.teacher.resolve_teacher_name`), ``"timm:<name>"``, an
             ``nn.Module`` to use as it is, or ``None`` for a student-only model.
         teacher_checkpoint: explicit path of the teacher's weights.
         checkpoint_dir: directory searched for ``<teacher name>.safetensors`` / ``.pth``
@@ -87,7 +87,7 @@ class DeiT(ViT):
             self.set_teacher(teacher_model_name)
         elif teacher_model_name is not None:
             if not isinstance(teacher_model_name, str):
-                raise ValueError(f"teacher_model_name={teacher_model_name!r} is invalid; expected a model "
+                raise ConfigError(f"teacher_model_name={teacher_model_name!r} is invalid; expected a model "
                                  "name, an nn.Module or None")
             self.loadTeacherModel()
 
@@ -127,7 +127,6 @@ class DeiT(ViT):
     def _head_in_features(self) -> int:
         return self.embed_dim  # linear heads (classifier_mlp_d is ignored)
 
-    @cpu_bf16_emulated
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, N+2, D) -> ``(cls_logits, dist_logits)`` whatever the mode (for evaluation
         of each head and of their fusion in one pass)."""
@@ -135,7 +134,6 @@ class DeiT(ViT):
         dist_logits = self.head_dist(self.head_drop(x[:, 1]))  # (B, K)
         return cls_logits, dist_logits
 
-    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens (B, N+2, D) -> logits.
 
@@ -191,9 +189,9 @@ class DeiT(ViT):
         """Use ``teacher`` as the (frozen) teacher; ``None`` removes it."""
         if teacher is not None:
             if not isinstance(teacher, nn.Module):
-                raise ValueError(f"teacher must be an nn.Module or None, got {type(teacher).__name__}")
+                raise ConfigError(f"teacher must be an nn.Module or None, got {type(teacher).__name__}")
             if teacher is self:
-                raise ValueError("a DeiT cannot be its own teacher")
+                raise ConfigError("a DeiT cannot be its own teacher")
             teacher.eval()
             teacher.requires_grad_(False)
             ref = self.pos_embed
@@ -210,12 +208,11 @@ class DeiT(ViT):
         ``$DEIT_CHECKPOINT_DIR``. A missing or mismatching file raises
         :class:`deit.checkpoint.CheckpointError` naming the path(s) tried.
         """
-        from deit.models.teacher import (
-            load_teacher,  # local import: teacher -> registry -> deit
-        )
+        # the one call from a model up to the file layer: the seed API loads the teacher itself
+        from deit.teacher import load_teacher
 
         if not isinstance(self.teacher_model_name, str):
-            raise ValueError("loadTeacherModel() needs teacher_model_name to be a model name; "
+            raise ConfigError("loadTeacherModel() needs teacher_model_name to be a model name; "
                              f"got {self.teacher_model_name!r}")
         teacher = load_teacher(
             self.teacher_model_name,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deit._validation import check_choice, check_image_values
+from deit.errors import ConfigError
 
 PATCHIFY_TECHNIQUES = ("linear", "convolutional")
 
@@ -46,17 +47,17 @@ class PatchEmbed(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming what is wrong with an input batch."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected an image tensor, got {type(x).__name__}")
+            raise ConfigError(f"expected an image tensor, got {type(x).__name__}")
         expected = f"(batch, {self.in_channels}, {self.image_size}, {self.image_size})"
         if x.ndim != 4:
-            raise ValueError(f"expected a 4-D image batch of shape {expected}, got shape {tuple(x.shape)}")
+            raise ConfigError(f"expected a 4-D image batch of shape {expected}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"expected {self.in_channels} input channel(s) (in_channels), got {x.shape[1]} "
                 f"in input of shape {tuple(x.shape)}; expected {expected}"
             )
         if tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            raise ValueError(
+            raise ConfigError(
                 f"expected images of {self.image_size}x{self.image_size} pixels (image_size), got "
                 f"{x.shape[2]}x{x.shape[3]}; resize the input or load the weights into a model with "
                 f"image_size={x.shape[2]} (positional embeddings are resampled at load time)"
@@ -217,15 +218,19 @@ class Block(nn.Module):
     def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """The same function as :meth:`forward` in eval mode, for inference.
 
-        Profiling DeiT-S on CPU showed ~17 % of the time outside the GEMMs in GELU and in
-        first-touch page faults / bias broadcasts of the large fresh ``fc1`` and ``gelu``
-        outputs (32 x 198 x 1536 floats = 39 MB, above glibc's mmap threshold, so every
-        call maps new pages). Without autograd we can instead:
+        Outside the GEMMs, the plain forward (timm's ``Block.forward`` in
+        ``timm/models/vision_transformer.py`` computes the same) is memory traffic: the
+        ``fc1`` and GELU outputs are fresh ``(B, N, 4D)`` tensors, large enough that glibc
+        maps new pages for them on every call, and the bias and residual adds are extra
+        passes over them. Without autograd nothing has to be kept for a backward pass, so:
 
         * add the attention projection straight into a new residual (``addmm``) and the
           MLP output into it in place (``addmm_``): no separate residual add;
         * run the MLP over chunks of :data:`INFERENCE_CHUNK_ROWS` tokens so its hidden
           activation stays small, cache-resident and reused, with GELU applied in place.
+
+        The profile behind this and its effect: ``benchmarks/README.md``
+        (``benchmarks/profile_ops.py``).
         """
         B, N, D = x.shape
         attn, mlp = self.attn, self.mlp

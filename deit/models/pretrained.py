@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from deit.errors import ConfigError
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data.constants
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
@@ -63,7 +65,7 @@ class WeightFile:
             return self.url
         if self.hf_hub_id:
             return f"{HF_HUB_URL}{self.hf_hub_id}/resolve/main/{TIMM_HUB_FILE}"
-        raise ValueError(f"weight file {self.file_name!r} has neither a URL nor a hub id")
+        raise ConfigError(f"weight file {self.file_name!r} has neither a URL nor a hub id")
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     except (KeyError, TypeError):
         close = difflib.get_close_matches(str(name), _CFGS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"no pretrained configuration for model name {name!r}{hint} "
+        raise ConfigError(f"no pretrained configuration for model name {name!r}{hint} "
                          f"Known: {', '.join(sorted(_CFGS))}") from None
 
 
@@ -194,4 +196,4 @@ def class_names(label_set: str) -> tuple[list[str], list[str]]:
     if label_set == "imagenet-1k":
         names, ids = _imagenet_1k()
         return list(names), list(ids)
-    raise ValueError(f"unknown label set {label_set!r}; expected one of {', '.join(LABEL_SETS)}")
+    raise ConfigError(f"unknown label set {label_set!r}; expected one of {', '.join(LABEL_SETS)}")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from deit.errors import ConfigError
 from deit.models.convnext import ConvNeXt
 from deit.models.deit import DeiT
 from deit.models.pretrained import PretrainedCfg, pretrained_cfg_names
@@ -64,7 +65,7 @@ def check_model_name(name: str) -> None:
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model name {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
+        raise ConfigError(f"unknown model name {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
 
 
 # timm's keyword names (timm/models/vision_transformer.py, convnext.py) -> ours, per family.
@@ -91,16 +92,16 @@ def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     for alias, native in TIMM_ALIASES[family].items():
         if alias in out:
             if native in out:
-                raise ValueError(f"{alias}={out[alias]!r} (timm's name) and {native}={out[native]!r} were both given "
+                raise ConfigError(f"{alias}={out[alias]!r} (timm's name) and {native}={out[native]!r} were both given "
                                  f"for {name}; they are the same setting: pass only one")
             out[native] = out.pop(alias)
     if "img_size" in out:  # ConvNeXt: fully convolutional, no size argument
-        raise ValueError(f"img_size={out['img_size']!r} does not apply to {name}: ConvNeXt takes any input size "
+        raise ConfigError(f"img_size={out['img_size']!r} does not apply to {name}: ConvNeXt takes any input size "
                          "(omit img_size)")
     if family == "vit" and "drop_path_rate" in out:
         given = [k for k in ("stochastic_depth", "stochastic_depth_mp") if k in out]
         if given:
-            raise ValueError(f"drop_path_rate={out['drop_path_rate']!r} (timm's name) and {given[0]}={out[given[0]]!r} "
+            raise ConfigError(f"drop_path_rate={out['drop_path_rate']!r} (timm's name) and {given[0]}={out[given[0]]!r} "
                              f"were both given for {name}; drop_path_rate sets stochastic_depth and "
                              "stochastic_depth_mp: pass one or the other")
         rate = out.pop("drop_path_rate")
@@ -108,7 +109,7 @@ def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if "global_pool" in out:
         pool = out.pop("global_pool")
         if pool != _GLOBAL_POOL[family]:
-            raise ValueError(f"global_pool={pool!r} is not supported by {name}: it pools with "
+            raise ConfigError(f"global_pool={pool!r} is not supported by {name}: it pools with "
                              f"{_GLOBAL_POOL[family]!r} only (omit global_pool or pass {_GLOBAL_POOL[family]!r})")
     return out
 
@@ -124,7 +125,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
         return _PRETRAINED[name]
     if name in pretrained_cfg_names():
         return _builtin_pretrained_cfg(name)
-    raise ValueError(f"model {name!r} was registered without a pretrained configuration; register it with "
+    raise ConfigError(f"model {name!r} was registered without a pretrained configuration; register it with "
                      "register_model(family, pretrained_cfg=PretrainedCfg(input_size=(3, H, W), ...))")
 
 

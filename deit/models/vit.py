@@ -23,8 +23,8 @@ from deit._validation import (
     check_positive_int,
     check_probability,
 )
+from deit.errors import ConfigError
 from deit.models.layers import Block, PatchEmbed, linear_drop_path_rates
-from deit.models.precision import cpu_bf16_emulated
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
@@ -101,15 +101,15 @@ class ViT(nn.Module):
                             ("stochastic_depth_mp", stochastic_depth_mp)):
             check_probability(name, value)
         if not isinstance(stochastic_depth, bool):
-            raise ValueError(f"stochastic_depth={stochastic_depth!r} is invalid; expected True or False")
+            raise ConfigError(f"stochastic_depth={stochastic_depth!r} is invalid; expected True or False")
         if not stochastic_depth and stochastic_depth_mp > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"stochastic_depth_mp={stochastic_depth_mp} has no effect with stochastic_depth=False; "
                 "set stochastic_depth=True or stochastic_depth_mp=0.0"
             )
         if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float))
                                         or not layer_scale > 0):
-            raise ValueError(f"layer_scale={layer_scale!r} is invalid; expected a positive float or None")
+            raise ConfigError(f"layer_scale={layer_scale!r} is invalid; expected a positive float or None")
 
         self.config: dict[str, Any] = dict(
             num_classes=num_classes, d_model=d_model, image_size=image_size, patch_size=patch_size,
@@ -211,7 +211,6 @@ class ViT(nn.Module):
         x = torch.cat([prefix.expand(B, -1, -1), x], dim=1)  # (B, P+N, D)
         return self.pos_drop(x)
 
-    @cpu_bf16_emulated
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, P+N, D)."""
         x = self.patch_embed(x)  # (B, N, D)
@@ -219,7 +218,6 @@ class ViT(nn.Module):
         x = self.blocks(x)  # (B, P+N, D)
         return self.norm(x)  # (B, P+N, D)
 
-    @cpu_bf16_emulated
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, P+N, D) -> logits (B, num_classes) from the class token."""
         x = self.pre_logits(self.head_drop(x[:, 0]))  # (B, D) or (B, classifier_mlp_d)
