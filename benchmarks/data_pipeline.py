@@ -1,4 +1,4 @@
-"""Is the data path ever the bottleneck? (issue 4)
+"""Is the data path ever the bottleneck?
 
 Measures, in one process, images/s of
   1. the training loader of a run config alone (decode once, timm transforms, sampler), and

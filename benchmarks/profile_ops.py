@@ -1,4 +1,4 @@
-"""Where the time goes: torch.profiler op tables for inference and a training step (issue 4).
+"""Where the time goes: torch.profiler op tables for inference and a training step.
 
     .venv/bin/python benchmarks/profile_ops.py                       # ours, DeiT-S inference + DeiT-Ti step
     .venv/bin/python benchmarks/profile_ops.py --impl timm --rows 12
@@ -41,10 +41,10 @@ def main() -> None:
     parser.add_argument("--train-model", default="deit_tiny_distilled_patch16_224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows", type=int, default=15)
-    parser.add_argument("--tune-allocator", action="store_true", help="apply deit.runtime.tune_cpu_allocator first")
+    parser.add_argument("--tune-allocator", action="store_true", help="apply deit.runtime's allocator settings first")
     args = parser.parse_args()
     if args.tune_allocator:
-        tune_cpu_allocator()
+        tune_cpu_allocator(enabled=True)
     torch.manual_seed(0)
     impls = same_weights(args.inference_model, with_hf=False)[0]
     model, size = impls[args.impl].eval(), impls["ours"].image_size

@@ -1,4 +1,4 @@
-"""Does our ViT learn as fast as timm's, per image seen? (issue 4, the accuracy target)
+"""Does our ViT learn as fast as timm's, per image seen? (the accuracy-per-image check)
 
 Trains our model and timm's ``VisionTransformer`` of the same shape side by side in one
 process: identical initial weights (ours loaded into timm, strict), identical batches, the

@@ -9,10 +9,11 @@ with their spread and as ratios ours ÷ peer.
 
 Measured in the same run:
 
-* the machine's GEMM peak (a large square ``torch.mm``) in fp32 and bf16, so that model
-  throughput can be expressed as MFU = FLOPs/image × images/s ÷ peak;
-* model FLOPs per image from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
-  convolutions and attention; multiply-add = 2 FLOPs);
+* the machine's GEMM peak (a large square ``torch.mm``) in fp32 and in each reduced
+  precision that runs, so that model throughput can be expressed as
+  MFU = FLOPs/image × images/s ÷ peak;
+* model FLOPs per image from :func:`deit.flops.count_flops` (matmuls, convolutions and
+  attention; multiply-add = 2 FLOPs);
 * peak memory: on CUDA ``max_memory_allocated``; on CPU the peak rise of the process's
   resident set above its level before the call, sampled every millisecond in a separate,
   untimed call (freed heap is returned to the OS with ``malloc_trim`` first).
@@ -22,6 +23,13 @@ The training step of ours is the product's: DeiT⚗ student + frozen ConvNeXt te
 peer is timm's model in distilled-training mode + an identical teacher as the official
 code runs it (``torch.no_grad``, default memory format) + a plain re-statement of the
 official ``DistillationLoss`` + timm's ``create_optimizer_v2("adamw")``.
+
+bf16 on a CPU without bf16 matrix units (:func:`deit.runtime.native_cpu_bf16`) is not
+timed: PyTorch runs it as a scalar fallback there, and ``deit train --amp`` runs fp32 on
+such a CPU (:func:`deit.runtime.resolve_amp`); the report names the mode as skipped.
+
+This module is a tool, not part of the library: it imports the peers (timm's and HF
+transformers' DeiT) and only the ``deit benchmark`` command imports it.
 """
 from __future__ import annotations
 
@@ -41,15 +49,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deit import distributed, runtime
 from deit.checkpoint import adapt_state_dict
+from deit.errors import ConfigError
+from deit.factory import create_model
+from deit.fileio import atomic_write
+from deit.flops import count_flops
 from deit.losses import DistillationLoss
-from deit.models.registry import create_model
 from deit.optim import build_optimizer
-from deit.runtime import release_free_memory
+from deit.train import resolve_device
 
 DEFAULT_INFERENCE_MODEL = "deit_small_distilled_patch16_224"
 DEFAULT_TRAIN_MODEL = "deit_tiny_distilled_patch16_224"
 DEFAULT_TEACHER = "convnext_atto"
+FLAGS = {"inference_batch": "--batch-size", "train_batch": "--train-batch-size", "repeats": "--repeats",
+         "tasks": "--tasks", "peers": "--peers", "runtimes": "--deit-runtime-only", "modes": "--modes"}
 
 
 # --- timing and memory primitives ---------------------------------------------------------
@@ -83,7 +97,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
         return torch.cuda.max_memory_allocated(device) - before
     if not Path("/proc/self/statm").exists():
         return None
-    release_free_memory()
+    runtime.release_free_memory()
     baseline = _rss_bytes()
     peak, done = baseline, threading.Event()
 
@@ -104,55 +118,16 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
     return peak - baseline
 
 
-def _register_cpu_attention_flops() -> None:
-    """torch's flop counter knows the CUDA attention kernels but not the CPU flash kernel
-    that ``scaled_dot_product_attention`` runs here: give it the same formulas, so that
-    attention (≈ 8 % of DeiT-S) is counted for every implementation."""
-    from torch.utils import flop_counter as fc
-
-    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is not None and fwd not in fc.flop_registry and fwd.default not in fc.flop_registry:
-        @fc.register_flop_formula(fwd)
-        def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
-    if bwd is not None and bwd not in fc.flop_registry and bwd.default not in fc.flop_registry:
-        @fc.register_flop_formula(bwd)
-        def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (torch's flop counter: matmul, conv, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _register_cpu_attention_flops()
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 def gemm_peak_flops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 5) -> float:
     """This machine's achievable matmul rate: the best FLOP/s of ``repeats`` timed
-    ``size``² @ ``size``² products (interference only ever slows a run down).
-
-    A dtype without fast kernels here (bf16 on a CPU without AVX512-BF16/AMX runs a scalar
-    fallback at well under 1 GFLOP/s) is measured at 512² instead, to keep the run short."""
-    def rate(n: int, reps: int) -> float:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        out = torch.empty(n, n, device=device, dtype=dtype)
-        torch.mm(a, b, out=out)
-        times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(reps)]
-        return 2 * n ** 3 / min(times)
-
-    probe = rate(512, 1)
-    if probe < 10e9:
-        return max(probe, rate(512, 2))
-    rate(size, 1)  # warm-up
-    return rate(size, repeats)
+    ``size``² @ ``size``² products after one warm-up (interference only ever slows a run
+    down, so the best is the least disturbed)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(repeats)]
+    return 2 * size ** 3 / min(times)
 
 
 # --- records -----------------------------------------------------------------------------
@@ -164,7 +139,7 @@ class Measurement:
     task: str  # inference | train
     mode: str  # fp32 | bf16 | fp16 | compile
     impl: str  # ours | timm | hf
-    runtime: str  # default (the process as started) | deit (after deit.runtime.tune_cpu_allocator)
+    runtime: str  # default (the process as started) | deit (deit.runtime's allocator settings applied)
     model: str
     batch_size: int
     times_s: list[float]
@@ -216,8 +191,10 @@ class BenchmarkReport:
 
     def ratios(self) -> dict[str, float]:
         """``task/mode/runtime/ours_over_peer`` (same process settings for both) and
-        ``task/mode/as_shipped/ours_over_peer``: ours with deit's runtime settings against
-        the peer in the process as started (what a user of each gets out of the box)."""
+        ``task/mode/as_shipped/ours_over_peer``: ours in the runtime ``deit`` commands set up
+        without ``DEIT_MALLOC_TUNING`` (:data:`deit.runtime.TUNING_DEFAULT`) against the peer
+        in the process as started (what a user of each gets out of the box)."""
+        shipped_runtime = "deit" if runtime.TUNING_DEFAULT else "default"
         out = {}
         for m in self.measurements:
             if m.impl == "ours":
@@ -226,7 +203,7 @@ class BenchmarkReport:
             if value is not None:
                 out[f"{m.task}/{m.mode}/{m.runtime}/ours_over_{m.impl}"] = value
             if m.runtime == "default":
-                shipped = self.ratio(m.task, m.mode, m.impl, "deit", "default")
+                shipped = self.ratio(m.task, m.mode, m.impl, shipped_runtime, "default")
                 if shipped is not None:
                     out[f"{m.task}/{m.mode}/as_shipped/ours_over_{m.impl}"] = shipped
         return out
@@ -256,7 +233,7 @@ class BenchmarkReport:
                 f"{'' if m.max_abs_diff_vs_ours is None else f'{m.max_abs_diff_vs_ours:.1e}'} |")
         shipped = {k: v for k, v in self.ratios().items() if "/as_shipped/" in k}
         if shipped:
-            lines.append("as shipped (ours with deit's runtime settings ÷ peer in a default process): "
+            lines.append("as shipped (ours in the runtime deit sets up by default ÷ peer in a default process): "
                          + ", ".join(f"{k.replace('/as_shipped/ours_over_', ' vs ')} ×{v:.2f}"
                                      for k, v in shipped.items()))
         for note in self.skipped:
@@ -335,11 +312,10 @@ class BenchmarkConfig:
     teacher: str = DEFAULT_TEACHER
     inference_batch: int = 32
     train_batch: int = 32
-    slow_bf16_batch: int = 1  # batch for bf16 modes where PyTorch has no bf16 kernels (the peers crawl)
     modes: tuple[str, ...] | None = None  # None: fp32 + bf16 on CPU; + fp16 and compile on CUDA
     tasks: tuple[str, ...] = ("inference", "train")
     peers: tuple[str, ...] = ("timm", "hf")
-    runtimes: tuple[str, ...] = ("default", "deit")  # before / after deit.runtime.tune_cpu_allocator
+    runtimes: tuple[str, ...] = ("default", "deit")  # before / after deit.runtime.tune_cpu_allocator(enabled=True)
     warmup: int = 1
     repeats: int = 5
     device: str = "auto"
@@ -347,21 +323,22 @@ class BenchmarkConfig:
     seed: int = 0
 
     def validate(self) -> "BenchmarkConfig":
-        """Raise ``ValueError`` naming the first invalid setting."""
-        for name in ("inference_batch", "train_batch", "slow_bf16_batch", "repeats"):
+        """Raise :class:`deit.errors.ConfigError` naming the first invalid setting and its flag."""
+        for name in ("inference_batch", "train_batch", "repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"benchmark {name}={value!r} is invalid; expected an integer >= 1")
+                raise ConfigError(f"benchmark {name}={value!r} is invalid; expected an integer >= 1 "
+                                  f"({FLAGS[name]})")
         if self.warmup < 0:
-            raise ValueError(f"benchmark warmup={self.warmup!r} is invalid; expected an integer >= 0")
+            raise ConfigError(f"benchmark warmup={self.warmup!r} is invalid; expected an integer >= 0 (--warmup)")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"benchmark threads={self.threads!r} is invalid; expected an integer >= 1")
+            raise ConfigError(f"benchmark threads={self.threads!r} is invalid; expected an integer >= 1 (--threads)")
         for name, allowed in (("tasks", ("inference", "train")), ("peers", ("timm", "hf")),
                               ("runtimes", ("default", "deit")), ("modes", ("fp32", "bf16", "fp16", "compile"))):
             bad = [v for v in getattr(self, name) or () if v not in allowed]
             if bad:
-                raise ValueError(f"benchmark {name} has {', '.join(map(repr, bad))}; expected a subset of "
-                                 f"{', '.join(allowed)}")
+                raise ConfigError(f"benchmark {name} has {', '.join(map(repr, bad))}; expected a subset of "
+                                  f"{', '.join(allowed)} ({FLAGS[name]})")
         return self
 
 
@@ -372,12 +349,10 @@ def default_modes(device: torch.device) -> tuple[str, ...]:
 def environment(device: torch.device) -> dict[str, Any]:
     import timm
 
-    from deit.models.precision import native_cpu_bf16
-
     env = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
                python=platform.python_version(), machine=platform.machine(), processor=platform.processor(),
                cpu_count=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-               native_cpu_bf16=native_cpu_bf16())
+               native_cpu_bf16=runtime.native_cpu_bf16())
     with contextlib.suppress(ImportError):
         import transformers
         env["transformers"] = transformers.__version__
@@ -402,40 +377,22 @@ def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
     return torch.compile(model) if mode == "compile" else model
 
 
-def _plain_flops(fn: Callable[[], Any], batch: int) -> float:
-    """FLOPs per image of the model's plain code (the no-grad fast path computes the same
-    function with in-place kernels the counter does not see)."""
-    from deit.models.layers import plain_forward
-
-    with plain_forward():
-        return count_flops(fn) / batch
-
-
 class _Phase:
     """One (task, mode, runtime) cell of the benchmark."""
 
     def __init__(self, cfg: BenchmarkConfig, device: torch.device, mode: str, runtime: str,
                  report: BenchmarkReport, flops: dict[tuple[str, str], float]) -> None:
-        from deit.models.precision import native_cpu_bf16
-
         self.cfg, self.device, self.mode, self.runtime = cfg, device, mode, runtime
         self.report, self.flops = report, flops
-        self.slow = mode == "bf16" and device.type == "cpu" and not native_cpu_bf16()
-        self.repeats = min(cfg.repeats, 3) if self.slow else cfg.repeats
-        self.peak = report.gemm_peak_flops.get({"bf16": "bf16", "fp16": "fp16"}.get(mode, "fp32"))
-        if self.slow:  # no bf16 units: the best matmul rate for bf16 work on this CPU is its fp32 one
-            self.peak = max(self.peak or 0.0, report.gemm_peak_flops["fp32"])
-
-    def batch(self, default: int) -> int:
-        return min(default, self.cfg.slow_bf16_batch) if self.slow else default
+        self.peak = report.gemm_peak_flops.get(mode if mode in ("bf16", "fp16") else "fp32")
 
     def record(self, task: str, model: str, batch: int, fns: dict[str, Callable[[], Any]],
                diffs: dict[str, float] | None = None) -> None:
-        times = _interleaved_times(fns, self.device, self.cfg.warmup, self.repeats)
+        times = _interleaved_times(fns, self.device, self.cfg.warmup, self.cfg.repeats)
         for impl, fn in fns.items():
             key = (task, impl)
             if key not in self.flops and self.mode != "compile":  # compiled code: eager's count
-                self.flops[key] = _plain_flops(fn, batch)
+                self.flops[key] = count_flops(fn) / batch
             memory = peak_memory_bytes(fn, self.device)
             self.report.measurements.append(Measurement(
                 task, self.mode, impl, self.runtime, model, batch, times[impl], flops_per_image=self.flops.get(key),
@@ -448,7 +405,7 @@ def bench_inference(phase: _Phase) -> None:
     impls, skipped = same_weights(cfg.inference_model, with_hf="hf" in cfg.peers)
     phase.report.skipped.extend(s for s in skipped if s not in phase.report.skipped)
     impls = {k: v for k, v in impls.items() if k == "ours" or k in cfg.peers}
-    batch = phase.batch(cfg.inference_batch)
+    batch = cfg.inference_batch
     gen = torch.Generator().manual_seed(cfg.seed)
     ref = impls["ours"]
     x = torch.randn(batch, ref.in_channels, ref.image_size, ref.image_size, generator=gen).to(device)
@@ -503,7 +460,8 @@ def bench_train(phase: _Phase) -> None:
     impls, _ = same_weights(cfg.train_model, with_hf=False)
     ours, peer = impls["ours"].to(device), impls["timm"].to(device)
     if getattr(ours, "num_prefix_tokens", 1) != 2:
-        raise ValueError(f"the training benchmark needs a distilled model (*_distilled_*), got {cfg.train_model}")
+        raise ConfigError(f"the training benchmark needs a distilled model (*_distilled_*), got {cfg.train_model} "
+                          "(--train-model)")
     teacher = create_model(cfg.teacher, num_classes=ours.num_classes, in_channels=ours.in_channels).eval()
     peer_teacher = copy.deepcopy(teacher).to(device).requires_grad_(False)  # as the official code: NCHW, no_grad
     ours.set_teacher(teacher)  # ours: frozen, channels-last, inference mode
@@ -513,7 +471,7 @@ def bench_train(phase: _Phase) -> None:
     optimizer = build_optimizer(ours, lr=1e-4, weight_decay=0.05)
     peer_optimizer = create_optimizer_v2(peer, "adamw", lr=1e-4, weight_decay=0.05)
     ours_train, peer_train = _maybe_compile(ours.train(), mode), _maybe_compile(peer.train(), mode)
-    batch = phase.batch(cfg.train_batch)
+    batch = cfg.train_batch
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(batch, ours.in_channels, ours.image_size, ours.image_size, generator=gen).to(device)
     y = torch.randint(0, ours.num_classes, (batch,), generator=gen).to(device)
@@ -538,19 +496,21 @@ def bench_train(phase: _Phase) -> None:
 
 def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> BenchmarkReport:
     """Run every (runtime, task, mode) cell; see the module docstring."""
-    from deit import distributed, runtime
-    from deit.train import resolve_device
-
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, distributed.detect())
-    modes = cfg.modes or default_modes(device)
-    peaks = {"fp32": gemm_peak_flops(torch.float32, device), "bf16": gemm_peak_flops(torch.bfloat16, device)}
-    if device.type == "cuda":
-        peaks["fp16"] = gemm_peak_flops(torch.float16, device)
-    report = BenchmarkReport(environment(device), peaks)
+    modes = list(cfg.modes or default_modes(device))
+    skipped = []
+    if "bf16" in modes and device.type == "cpu" and not runtime.native_cpu_bf16():
+        modes.remove("bf16")
+        skipped.append(f"mode 'bf16': this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix "
+                       "units (AVX512-BF16 / AMX), PyTorch's bf16 kernels are a scalar fallback here and deit "
+                       "train --amp runs fp32 on it; not timed")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peaks = {name: gemm_peak_flops(dtype, device) for name, dtype in dtypes.items() if name == "fp32" or name in modes}
+    report = BenchmarkReport(environment(device), peaks, skipped=skipped)
     log("GEMM peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     flops: dict[tuple[str, str], float] = {}
     runtimes = list(cfg.runtimes)
@@ -558,8 +518,8 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> B
         report.skipped.append("runtime 'default': the allocator was already tuned in this process")
         runtimes.remove("default")
     for name in runtimes:
-        if name == "deit" and not runtime.tune_cpu_allocator():
-            report.skipped.append("runtime 'deit': allocator tuning unavailable (not glibc, or DEIT_MALLOC_TUNING=0)")
+        if name == "deit" and not runtime.tune_cpu_allocator(enabled=True):
+            report.skipped.append("runtime 'deit': the allocator settings need glibc's mallopt, not found here")
             continue
         report.environment[f"runtime_{name}"] = "glibc mallopt tuned" if name == "deit" else "process as started"
         # the default runtime is there to price the allocator settings: fp32 is enough
@@ -572,8 +532,6 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> B
 
 
 def write_json(report: BenchmarkReport, path: str | os.PathLike) -> Path:
-    from deit.checkpoint import atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report.to_dict(), indent=2, default=str)

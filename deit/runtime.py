@@ -1,31 +1,71 @@
-"""Process-level CPU settings that ``deit``'s command-line entry points apply.
+"""Process-level CPU settings: whether bf16 autocast pays on this CPU, and glibc's allocator.
 
-Why: profiling a DeiT training step on CPU (``benchmarks/README.md``) showed ~185,000
-minor page faults and 0.46 s of kernel time per step of 2.2 s. glibc serves every
-allocation above its mmap threshold (at most 32 MB by default: DeiT activations are
-10–40 MB) with a fresh ``mmap`` and returns it with ``munmap`` on free, so each step
-faults in and zeroes its whole 1.2 GB of activations again. Raising the mmap and trim
-thresholds keeps that memory in the heap and reuses it: faults drop to ~1,800 per step and
-the step gets ~17 % faster. The settings only change *where* memory comes from; the
-process keeps its peak heap instead of returning it to the OS between steps.
+**bf16 on CPU.** PyTorch runs bf16 matmuls and convolutions through oneDNN's bf16 kernels
+only on CPUs with AVX512-BF16 or AMX (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``);
+elsewhere (every AVX2 machine) ``torch.autocast("cpu", torch.bfloat16)`` falls back to
+scalar kernels that are far slower than fp32 (numbers in ``benchmarks/README.md``).
+:func:`resolve_amp` therefore turns ``--amp`` with bf16 into plain fp32 on such a CPU,
+saying so once (the training and evaluation loops ask it through
+:meth:`deit.engine.Amp.for_device`); ``deit benchmark`` skips bf16 there.
 
-They are process-wide, so a library import never applies them; :func:`tune_cpu_allocator`
-is called by ``deit train|eval|predict|demo|benchmark`` and can be called by Python users.
-``DEIT_MALLOC_TUNING=0`` disables it. The benchmark measures peers both before and after
-it, so the gain it brings is reported separately from the models' own speed.
+**The allocator.** glibc serves every allocation above its mmap threshold (at most 32 MB
+by default, ``mallopt(3)``) with a fresh ``mmap`` and returns it with ``munmap`` on free.
+A DeiT training step allocates activations of tens of MB, so each step can fault in and
+zero its activations again. :func:`tune_cpu_allocator` raises the mmap and trim
+thresholds so that this memory stays in the heap and is reused; the process then keeps
+its peak heap instead of returning it to the OS between steps. The settings are
+process-wide, so a library import never applies them; ``deit train|eval|predict|demo``
+call :func:`tune_cpu_allocator`, which follows ``DEIT_MALLOC_TUNING`` (``1`` on, ``0``
+off; unset: :data:`TUNING_DEFAULT`, set from the separate-process A/B of
+``benchmarks/allocator_ab.py`` recorded in ``benchmarks/README.md``).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import logging
 import os
+
+import torch
+
+log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # allocations up to 1 GiB come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1  # keep up to 2 GiB of freed heap for reuse
+TUNING_ENV = "DEIT_MALLOC_TUNING"
+TUNING_DEFAULT = True  # without DEIT_MALLOC_TUNING; decided by benchmarks/allocator_ab.py (benchmarks/README.md)
 
-_applied: bool | None = None
+_applied = False
+_bf16_fallback_reported = False
+
+
+@functools.cache
+def native_cpu_bf16() -> bool:
+    """Whether PyTorch has bf16 matrix kernels on this CPU (AVX512-BF16 / AMX via oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(enabled: bool, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``--amp`` with ``dtype`` should autocast on ``device``.
+
+    bf16 on a CPU without bf16 matrix units runs fp32 instead (autocast off): PyTorch's
+    scalar fallback there would make every step many times slower than fp32. A warning
+    naming the CPU capability says so, once per process."""
+    global _bf16_fallback_reported
+    if not (enabled and device.type == "cpu" and dtype == torch.bfloat16) or native_cpu_bf16():
+        return enabled
+    if not _bf16_fallback_reported:
+        _bf16_fallback_reported = True
+        log.warning("--amp: this CPU (%s) has no bf16 matrix units (AVX512-BF16 / AMX), where PyTorch's bf16 "
+                    "kernels are a slow scalar fallback; running in fp32 instead",
+                    torch.backends.cpu.get_cpu_capability())
+    return False
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -44,15 +84,24 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def tune_cpu_allocator() -> bool:
-    """Raise glibc's mmap/trim thresholds (see module doc). Returns whether they are now
-    in effect; ``False`` on non-glibc systems or with ``DEIT_MALLOC_TUNING=0``."""
+def allocator_tuning_requested() -> bool:
+    """``DEIT_MALLOC_TUNING=1`` asks for the allocator settings, ``=0`` declines them; unset
+    (or empty), :data:`TUNING_DEFAULT` decides."""
+    value = os.environ.get(TUNING_ENV, "").strip()
+    return TUNING_DEFAULT if value == "" else value != "0"
+
+
+def tune_cpu_allocator(enabled: bool | None = None) -> bool:
+    """Raise glibc's mmap/trim thresholds (see module doc), once per process; ``enabled=None``
+    follows ``DEIT_MALLOC_TUNING`` (the command-line entry points), ``True`` applies them
+    regardless (the benchmark, which prices them). Returns whether they are now in effect:
+    ``False`` when not asked for or when the C library is not glibc."""
     global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
-    if os.environ.get("DEIT_MALLOC_TUNING", "1") == "0":
+    if _applied:
+        return True
+    if not (allocator_tuning_requested() if enabled is None else enabled):
         return False
+    _applied = False
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:  # not glibc (musl, macOS)
         return False

@@ -11,4 +11,4 @@ for run in "${runs[@]}"; do
   echo "== $run"
   .venv/bin/deit train --config "configs/fashion/$run.yaml"
 done
-.venv/bin/python -m deit.results runs/fashion --output docs/RESULTS.md
+.venv/bin/python scripts/results.py runs/fashion --output docs/RESULTS.md

@@ -39,8 +39,11 @@ def test_flops_mfu_and_ratios_are_consistent(report):
     ratios = report.ratios()
     ours, timm = by[("inference", "ours", "deit")], by[("inference", "timm", "deit")]
     assert ratios["inference/fp32/deit/ours_over_timm"] == pytest.approx(ours.images_per_s / timm.images_per_s)
-    if not tuned_before:
-        shipped = ours.images_per_s / by[("inference", "timm", "default")].images_per_s
+    if not tuned_before:  # as shipped: ours in the runtime deit sets up by default, timm in a default process
+        from deit.runtime import TUNING_DEFAULT
+
+        ours_shipped = by[("inference", "ours", "deit" if TUNING_DEFAULT else "default")]
+        shipped = ours_shipped.images_per_s / by[("inference", "timm", "default")].images_per_s
         assert ratios["inference/fp32/as_shipped/ours_over_timm"] == pytest.approx(shipped)
     assert report.gemm_peak_flops["fp32"] > 1e9
 
@@ -93,14 +96,31 @@ def test_attention_is_counted_in_flops():
     must equal the hand formula (linear layers + attention) for a one-block model."""
     import torch
 
-    from deit.benchmark import _plain_flops
-    from deit.models.registry import create_model
+    from deit.flops import count_flops
+    from deit.factory import create_model
 
     model = create_model("deit_pico_distilled_patch4_32", num_classes=10, num_encoder_blocks=1).eval()
     B, N, D, P = 2, 64 + 2, 64, 4 * 4 * 3
     hidden = model.blocks[0].mlp.fc1.out_features
     with torch.inference_mode():
-        flops = _plain_flops(lambda: model.student_model(torch.randn(B, 3, 32, 32)), batch=1)
+        flops = count_flops(lambda: model.student_model(torch.randn(B, 3, 32, 32)))  # the no-grad path counted plain
     linear = 2 * B * (64 * P * D + N * (3 * D * D + D * D + 2 * D * hidden) + 2 * D * 10)
     attention = 2 * 2 * B * N * N * D  # q @ k^T and attn @ v
     assert flops == linear + attention
+
+
+def test_bf16_without_bf16_units_is_skipped_with_a_reason(monkeypatch, tmp_path):
+    """On a CPU without bf16 matrix units (patched, so this runs anywhere) bf16 is not timed:
+    the report and its JSON say why, and nothing measured in bf16."""
+    import torch
+
+    from deit import runtime
+
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    cfg = BenchmarkConfig(**{**SMALL, "repeats": 1}, modes=("bf16",), tasks=("inference",), peers=("timm",),
+                          runtimes=("deit",), device="cpu")
+    report = run_benchmark(cfg, log=lambda _: None)
+    assert report.measurements == [] and set(report.gemm_peak_flops) == {"fp32"}
+    note = [n for n in report.skipped if n.startswith("mode 'bf16'")]
+    assert len(note) == 1 and torch.backends.cpu.get_cpu_capability() in note[0]
+    assert json.loads(write_json(report, tmp_path / "b.json").read_text())["skipped"] == report.skipped

@@ -195,7 +195,8 @@ class DeiT(ViT):
             teacher.eval()
             teacher.requires_grad_(False)
             ref = self.pos_embed
-            # channels_last: oneDNN's (depthwise) convolutions run ~1.5x faster in inference
+            # channels_last: the memory format oneDNN's (depthwise) convolutions are fastest in
+            # (the teacher-forward rows of benchmarks/README.md)
             teacher.to(device=ref.device, dtype=ref.dtype, memory_format=torch.channels_last)
         self._teacher_ref = TeacherRef(teacher)  # a new holder: deep copies keep sharing the old one
 

@@ -1,11 +1,17 @@
-"""The speed paths of issue 4 compute the same function as the plain code:
-no-grad block fast path, bf16 emulation on CPUs without bf16 units, allocator tuning."""
+"""The speed paths: the no-grad block fast path computes the same function as the plain
+code; ``--amp`` with bf16 autocasts only where the CPU has bf16 units; the allocator
+settings follow ``DEIT_MALLOC_TUNING``."""
+import logging
+
 import pytest
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from deit.models import layers, precision
-from deit.models.registry import create_model
+from deit import runtime
+from deit.engine import Amp, evaluate, train_one_epoch
+from deit.losses import DistillationLoss
+from deit.models import layers
+from deit.factory import create_model
 
 
 def _plain(model, x):
@@ -43,47 +49,77 @@ def test_fast_path_is_not_used_with_autograd_or_in_training():
             assert not layers._no_grad_eager(x, model.eval().blocks[0])
 
 
-def test_emulated_bf16_linear_is_bf16_operands_with_fp32_accumulation():
-    x, w, b = torch.randn(5, 64), torch.randn(32, 64), torch.randn(32)
-    with torch.autocast("cpu", dtype=torch.bfloat16), precision.EmulatedBf16():
-        out = F.linear(x, w, b)
-    r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, (r(x) @ r(w).T + r(b)).to(torch.bfloat16), atol=0, rtol=0)
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_amp_autocasts_only_on_a_cpu_with_bf16_units(monkeypatch, caplog, native):
+    """``--amp`` (bf16) through the training and evaluation loops: without bf16 units (the
+    capability check patched, so this runs on any CPU) one warning naming the CPU's
+    capability and fp32 logits; with them, bf16 logits under autocast."""
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "_bf16_fallback_reported", False)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.WARNING, logger="deit.runtime"):
+        amp = Amp.for_device(True, torch.bfloat16, cpu)
+        assert Amp.for_device(True, torch.bfloat16, cpu) == amp  # a second run in the process: no new warning
+    warnings = [r.getMessage() for r in caplog.records if r.name == "deit.runtime"]
+    if native:
+        assert amp.enabled and not warnings
+    else:
+        assert not amp.enabled and len(warnings) == 1
+        assert torch.backends.cpu.get_cpu_capability() in warnings[0] and "fp32" in warnings[0]
 
-
-@pytest.mark.parametrize("name", ["deit_pico_distilled_patch4_32", "convnext_atto_32"])
-def test_bf16_autocast_matches_pytorch_kernels(name):
-    """Our bf16 path (emulated where the CPU has no bf16 units) against PyTorch's own bf16
-    kernels and against fp32: the same numbers up to bf16 rounding."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        fp32 = model(x)[0] if isinstance(model(x), tuple) else model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ours = model(x)
-            with precision.no_bf16_emulation():
-                native = model(x)
-    ours, native = (o[0] if isinstance(o, tuple) else o for o in (ours, native))
-    assert ours.dtype == native.dtype
-    scale = fp32.abs().max().item()
-    assert (ours.float() - native.float()).abs().max().item() < 0.05 * scale
-    assert (ours.float() - fp32).abs().max().item() < 0.05 * scale
-    assert precision.bf16_emulation_needed() is False  # outside autocast
+    model = create_model("deit_pico_patch4_32", num_classes=10)
+    seen = []
+    model.head.register_forward_hook(lambda m, i, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
+    loader = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 7]))]
+    criterion = DistillationLoss(nn.CrossEntropyLoss())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    metrics, updates = train_one_epoch(model, criterion, loader, optimizer, device=cpu, epoch=0, num_updates=0, amp=amp)
+    evaluate(model, loader, device=cpu, amp=amp)
+    assert updates == 1 and metrics["train_loss"] > 0
+    expected = (torch.bfloat16, True) if native else (torch.float32, False)
+    assert seen == [expected, expected]  # the training step, then evaluation
 
 
-def test_allocator_tuning_is_idempotent_and_optional(monkeypatch):
-    from deit import runtime
+def test_fp16_and_disabled_amp_are_left_as_asked(monkeypatch):
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_amp(False, torch.bfloat16, cpu) is False
+    assert runtime.resolve_amp(True, torch.float16, cpu) is True
+    assert runtime.resolve_amp(True, torch.bfloat16, torch.device("cuda")) is True  # CUDA decides for itself
 
-    monkeypatch.setattr(runtime, "_applied", None)
+
+@pytest.mark.parametrize("default", [False, True])
+def test_allocator_tuning_follows_the_setting_once(monkeypatch, default):
+    """``DEIT_MALLOC_TUNING=1`` calls glibc's ``mallopt`` once, ``=0`` never, unset follows
+    ``TUNING_DEFAULT`` (a stand-in C library here, so that this test process keeps its
+    allocator); without ``mallopt`` (musl, macOS) nothing is tuned."""
+    calls = []
+
+    class Glibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(runtime, "_libc", Glibc)
+    monkeypatch.setattr(runtime, "TUNING_DEFAULT", default)
+    for setting, expected in ((None, default), ("", default), ("0", False), ("1", True)):
+        monkeypatch.setattr(runtime, "_applied", False)
+        calls.clear()
+        if setting is None:
+            monkeypatch.delenv("DEIT_MALLOC_TUNING", raising=False)
+        else:
+            monkeypatch.setenv("DEIT_MALLOC_TUNING", setting)
+        assert runtime.tune_cpu_allocator() is expected and runtime.tune_cpu_allocator() is expected
+        assert runtime.cpu_allocator_tuned() is expected
+        assert calls == ([(runtime.M_MMAP_THRESHOLD, runtime.MMAP_THRESHOLD),
+                          (runtime.M_TRIM_THRESHOLD, runtime.TRIM_THRESHOLD)] if expected else [])
+    monkeypatch.setattr(runtime, "_applied", False)
     monkeypatch.setenv("DEIT_MALLOC_TUNING", "0")
-    assert runtime.tune_cpu_allocator() is False
-    monkeypatch.setattr(runtime, "_applied", None)
-    monkeypatch.delenv("DEIT_MALLOC_TUNING")
-    first = runtime.tune_cpu_allocator()
-    assert runtime.tune_cpu_allocator() is first
-    assert runtime.cpu_allocator_tuned() is first
+    assert runtime.tune_cpu_allocator(enabled=True) is True  # the benchmark prices the settings whatever the setting
+    monkeypatch.setattr(runtime, "_applied", False)
+    monkeypatch.setattr(runtime, "_libc", lambda: None)
+    assert runtime.tune_cpu_allocator(enabled=True) is False
 
 
 @pytest.mark.slow
