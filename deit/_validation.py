@@ -5,9 +5,25 @@ parameter, the value received and what was expected.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+import contextvars
+from typing import Iterable, Iterator
 
 from deit.errors import ConfigError
+
+_in_training_step: contextvars.ContextVar[bool] = contextvars.ContextVar("deit_in_training_step", default=False)
+
+
+@contextlib.contextmanager
+def training_step() -> Iterator[None]:
+    """Marks a training step's forward passes (student and teacher): on CUDA the models
+    skip their NaN/Inf input scan there, because it would synchronise the device on every
+    step, and the engine stops on a non-finite loss before any update anyway."""
+    token = _in_training_step.set(True)
+    try:
+        yield
+    finally:
+        _in_training_step.reset(token)
 
 
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
@@ -50,8 +66,9 @@ def check_image_values(x) -> None:
 
     Skipped while tracing, exporting or compiling (symbolic tensors: the check is for data,
     not graphs) and on meta tensors. On CUDA the NaN/Inf scan is skipped when gradients are
-    on: it would synchronise the device on every training step, and the engine stops on a
-    non-finite loss before any update anyway.
+    on or inside :func:`training_step` (the teacher's no-grad forward): it would synchronise
+    the device on every training step, and the engine stops on a non-finite loss before any
+    update anyway.
     """
     import torch
 
@@ -62,8 +79,8 @@ def check_image_values(x) -> None:
         raise ConfigError(f"got an empty batch (input of shape {tuple(x.shape)}); expected at least one image")
     if not x.is_floating_point():
         raise ConfigError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
-                         "x.float() and normalise as the model's data config says")
-    if x.device.type != "cuda" or not torch.is_grad_enabled():
+                          "x.float() and normalise as the model's data config says")
+    if x.device.type != "cuda" or not (torch.is_grad_enabled() or _in_training_step.get()):
         _check_finite(x)
 
 
@@ -73,4 +90,4 @@ def _check_finite(x) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ConfigError(f"the input holds {bad} NaN or Inf value(s) in a batch of shape {tuple(x.shape)}; "
-                         "expected finite pixel values (check the data pipeline and normalisation)")
+                          "expected finite pixel values (check the data pipeline and normalisation)")

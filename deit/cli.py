@@ -207,11 +207,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.checkpoint_dir is not None and not args.pretrained:
         raise ConfigError("--checkpoint-dir is where --pretrained looks for published weights: add --pretrained, or "
-                         "give the file itself with --checkpoint FILE")
+                          "give the file itself with --checkpoint FILE")
     if args.pretrained:  # the variant's published weights: local folder, cache, else download
         if args.model is None or args.onnx is not None:
             raise ConfigError("--pretrained takes the weights of --model NAME (a registered name; see deit "
-                             "list-models) and does not combine with --onnx")
+                              "list-models) and does not combine with --onnx")
         from deit.hub import resolve_pretrained_file
 
         args.checkpoint = str(resolve_pretrained_file(args.model, checkpoint=args.checkpoint,
@@ -223,7 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if any(v is not None for v in preprocessing_overrides(args).values()):
             raise ConfigError("--mean/--std/--crop-pct/--interpolation apply to --checkpoint; an --onnx file "
-                             "carries its preprocessing (set them at deit export)")
+                              "carries its preprocessing (set them at deit export)")
         predictor = OnnxPredictor(args.onnx)
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model,

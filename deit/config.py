@@ -141,19 +141,19 @@ class TrainConfig:
             check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
             raise ConfigError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
-                             "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
+                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
         for name in ("teacher_mean", "teacher_std"):
             values = getattr(self, name)
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
-                raise ConfigError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel of "
-                                 "the teacher's input, in the units of pixels scaled to [0, 1])")
+                raise ConfigError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel "
+                                  "of the teacher's input, in the units of pixels scaled to [0, 1])")
         if self.teacher_pretrained and not self.teacher_model:
             raise ConfigError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
-                             "with published weights, or drop --teacher-pretrained")
+                              "with published weights, or drop --teacher-pretrained")
         if (self.teacher_mean is None) != (self.teacher_std is None):
             raise ConfigError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
-                             "(--teacher-mean and --teacher-std) or neither")
+                              "(--teacher-mean and --teacher-std) or neither")
         if self.teacher_std is not None and min(self.teacher_std) <= 0:
             raise ConfigError(f"teacher_std={self.teacher_std!r} is invalid; expected standard deviations > 0")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -324,7 +324,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: "
-                         f"{', '.join(FIELD_NAMES)}")
+                          f"{', '.join(FIELD_NAMES)}")
     values = dict(data)
     if "scale" in values and isinstance(values["scale"], list):
         values["scale"] = tuple(values["scale"])

@@ -18,13 +18,17 @@ import torch
 from torch import nn
 
 from deit import distributed
+from deit._validation import training_step
+from deit.errors import DeitError
 from deit.losses import DistillationLoss
 from deit.models.deit import DeiT
 from deit.models.teacher_output import teacher_logits
+from deit.runtime import resolve_amp
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; nothing was written after it."""
+class NonFiniteLossError(DeitError, RuntimeError):
+    """The training loss became NaN or infinite; nothing was written after it (the update
+    it belongs to never reached the weights)."""
 
 
 @dataclass
@@ -33,6 +37,12 @@ class Amp:
 
     enabled: bool = False
     dtype: torch.dtype = torch.bfloat16
+
+    @classmethod
+    def for_device(cls, enabled: bool, dtype: torch.dtype, device: torch.device) -> "Amp":
+        """``--amp`` as it runs on ``device``: bf16 on a CPU without bf16 units runs fp32
+        (:func:`deit.runtime.resolve_amp`)."""
+        return cls(enabled=resolve_amp(enabled, dtype, device), dtype=dtype)
 
     def autocast(self, device: torch.device):
         if not self.enabled:
@@ -77,12 +87,19 @@ def train_one_epoch(
     Gradient accumulation: ``accum_steps`` micro-batches make one optimizer update (the
     effective batch is ``batch_size * accum_steps * world_size`` whatever fits in memory);
     trailing micro-batches that cannot fill a whole update are skipped.
+
+    One host synchronisation per update: the micro-batches' loss terms stay on the device
+    until the update, where a single copy to the host checks that each loss is finite —
+    before the optimizer step, so a NaN/Inf loss never reaches the weights or the optimizer
+    state — and feeds the running means and the progress bar.
     """
     from tqdm import tqdm
 
     model.train()
     steps = (len(loader) // accum_steps) * accum_steps
-    totals = {"loss": 0.0, "base_loss": 0.0, "distillation_loss": 0.0}
+    totals = [0.0, 0.0, 0.0]  # loss, base loss, distillation loss, each summed over images
+    pending: list[torch.Tensor] = []  # this update's loss terms, (3,) per micro-batch, on the device
+    batch_sizes: list[int] = []
     seen, start = 0, time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, mininterval=1.0,
                leave=False)
@@ -97,62 +114,77 @@ def train_one_epoch(
         last_micro_step = (step + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with amp.autocast(device):
+            with amp.autocast(device), training_step():
                 student_out, teacher_out = _split_outputs(model, model(images))
                 terms = criterion.compute(images, student_out, targets, teacher_outputs=teacher_out)
-            loss_value = terms.total.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"the training loss is {loss_value} at epoch {epoch}, step {step} (base {terms.base.item()}, "
-                    f"distillation {terms.distillation.item()}); stopping before any update or checkpoint. "
-                    "Lower the learning rate, enable --clip-grad, or check the data for NaN/Inf pixels.")
+            pending.append(torch.stack([t.detach().float() for t in terms]))  # (3,): total, base, distillation
+            batch_sizes.append(images.shape[0])
             loss = terms.total / accum_steps
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
                 loss.backward()
-        if last_micro_step:
-            if clip_grad is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if not last_micro_step:
+            continue
+        values = torch.stack(pending).tolist()  # (accum_steps, 3): the update's one host sync
+        _check_finite(values, epoch=epoch, first_step=step + 1 - len(values))
+        if clip_grad is not None:
             if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates)
-            if ema is not None:
-                ema.update(unwrap(model), step=num_updates)
-        batch = images.shape[0]
-        seen += batch
-        totals["loss"] += loss_value * batch
-        totals["base_loss"] += terms.base.item() * batch
-        totals["distillation_loss"] += terms.distillation.item() * batch
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        num_updates += 1
+        if scheduler is not None:
+            scheduler.step_update(num_updates)
+        if ema is not None:
+            ema.update(unwrap(model), step=num_updates)
+        for row, batch in zip(values, batch_sizes):
+            seen += batch
+            for i, value in enumerate(row):
+                totals[i] += value * batch
+        pending.clear()
+        batch_sizes.clear()
         elapsed = time.perf_counter() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+        bar.update(len(values))
+        bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                         img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
     bar.close()
     elapsed = time.perf_counter() - start
-    stats = torch.tensor([totals["loss"], totals["base_loss"], totals["distillation_loss"], float(seen)],
-                         dtype=torch.float64)
-    distributed.all_reduce_sum(stats)
-    count = max(stats[3].item(), 1.0)
-    metrics = {"train_loss": stats[0].item() / count, "train_base_loss": stats[1].item() / count,
-               "train_distillation_loss": stats[2].item() / count, "lr": optimizer.param_groups[0]["lr"],
-               "train_images_per_s": stats[3].item() / max(elapsed, 1e-9), "train_time_s": elapsed}
+    stats = torch.tensor([*totals, float(seen)], dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(stats)  # on the device: NCCL reduces device tensors only
+    loss, base_loss, distillation_loss, images_all = stats.tolist()  # every process's images
+    count = max(images_all, 1.0)
+    metrics = {"train_loss": loss / count, "train_base_loss": base_loss / count,
+               "train_distillation_loss": distillation_loss / count, "lr": optimizer.param_groups[0]["lr"],
+               "train_images_per_s": images_all / max(elapsed, 1e-9), "train_time_s": elapsed}
     return metrics, num_updates
 
 
-def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[int, int]:
+def _check_finite(values: list[list[float]], *, epoch: int, first_step: int) -> None:
+    """Raise :class:`NonFiniteLossError` for the first micro-batch whose loss is NaN/Inf.
+
+    ``values`` holds one ``(total, base, distillation)`` row per micro-batch of an update,
+    the first being step ``first_step`` of the epoch.
+    """
+    for offset, (total, base, distillation) in enumerate(values):
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"the training loss is {total} at epoch {epoch}, step {first_step + offset} (base {base}, "
+                f"distillation {distillation}); stopping before any update or checkpoint. "
+                "Lower the learning rate, enable --clip-grad, or check the data for NaN/Inf pixels.")
+
+
+def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Images whose label is the top-1 and among the top-``k`` predictions, (2,) on the device."""
     k5 = min(k, logits.shape[1])
     top = logits.topk(k5, dim=1).indices  # (B, k)
-    hit = top.eq(targets[:, None])
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+    hit = top.eq(targets[:, None])  # (B, k)
+    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()])  # (2,)
 
 
 @torch.inference_mode()
@@ -165,14 +197,16 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
     its ``return_logits_type`` selects one head. With ``teacher``, the share of
     images where each head's prediction equals the teacher's (``*agree``) is reported too.
     ``collect_predictions`` adds ``predictions`` / ``targets`` tensors (single process).
+    Counts accumulate on the device and reach the host once, after the last batch.
     """
     net = unwrap(model)
     was_training = net.training
     net.eval()
     two_heads = isinstance(net, DeiT)
     heads = ("cls", "dist", "") if two_heads else ("",)
-    counters = {f"{h}{name}": 0.0 for h in heads for name in ("top1", "top5", "agree")}
-    loss_sum, total = 0.0, 0
+    keys = [f"{h}{name}" for h in heads for name in ("top1", "top5", "agree")] + ["loss", "count"]
+    slot = {key: i for i, key in enumerate(keys)}
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=device)  # exact for counts below 2**53
     predictions, all_targets = [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
@@ -190,22 +224,19 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
             teacher_pred = None if teacher is None else \
                 teacher_logits(teacher, images, outputs[""].shape[1]).argmax(dim=1)  # (B,)
         for head, logits in outputs.items():
-            top1, top5 = _topk_correct(logits, targets, 5)
-            counters[f"{head}top1"] += top1
-            counters[f"{head}top5"] += top5
+            i = slot[f"{head}top1"]
+            sums[i:i + 2] += _topk_correct(logits, targets, 5)  # top1, top5
             if teacher_pred is not None:
-                counters[f"{head}agree"] += float((logits.argmax(1) == teacher_pred).sum())
-        loss_sum += float(nn.functional.cross_entropy(outputs[""], targets, reduction="sum"))
-        total += targets.shape[0]
+                sums[slot[f"{head}agree"]] += (logits.argmax(1) == teacher_pred).sum()
+        sums[slot["loss"]] += nn.functional.cross_entropy(outputs[""], targets, reduction="sum").double()
+        sums[slot["count"]] += targets.shape[0]
         if collect_predictions:
-            predictions.append(outputs[""].argmax(1).cpu())
-            all_targets.append(targets.cpu())
-    keys = sorted(counters)
-    stats = torch.tensor([counters[k] for k in keys] + [loss_sum, float(total)], dtype=torch.float64)
-    distributed.all_reduce_sum(stats)
-    count = max(stats[-1].item(), 1.0)
-    reduced = dict(zip(keys, stats[:-2].tolist()))
-    metrics: dict[str, Any] = {"loss": stats[-2].item() / count, "count": int(stats[-1].item())}
+            predictions.append(outputs[""].argmax(1))  # (B,)
+            all_targets.append(targets)
+    distributed.all_reduce_sum(sums)  # on the device: NCCL reduces device tensors only
+    reduced = dict(zip(keys, sums.tolist()))
+    count = max(reduced["count"], 1.0)
+    metrics: dict[str, Any] = {"loss": reduced["loss"] / count, "count": int(reduced["count"])}
     for head in heads:
         prefix = f"{head}_" if head else ""
         metrics[f"{prefix}acc1"] = 100.0 * reduced[f"{head}top1"] / count
@@ -213,7 +244,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
         if teacher is not None:
             metrics[f"{prefix}teacher_agreement"] = 100.0 * reduced[f"{head}agree"] / count
     if collect_predictions:
-        metrics["predictions"] = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
-        metrics["targets"] = torch.cat(all_targets) if all_targets else torch.empty(0, dtype=torch.long)
+        metrics["predictions"] = torch.cat(predictions).cpu() if predictions else torch.empty(0, dtype=torch.long)
+        metrics["targets"] = torch.cat(all_targets).cpu() if all_targets else torch.empty(0, dtype=torch.long)
     net.train(was_training)
     return metrics

@@ -55,8 +55,8 @@ class ExportHead(nn.Module):
         check_choice("head", head, HEADS)
         if not self.distilled and head != "fusion":
             raise ConfigError(f"head={head!r} needs a distilled model (cls and dist heads); "
-                             f"{getattr(model, 'model_name', type(model).__name__)} has a single head: "
-                             "export it with head='fusion' (the default)")
+                              f"{getattr(model, 'model_name', type(model).__name__)} has a single head: "
+                              "export it with head='fusion' (the default)")
         self.model = model
         self.head = head
         self.eval()  # exporters restore the wrapper's own mode afterwards: it must be eval too
@@ -127,7 +127,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None =
                   else None)
     if fmt is None:
         raise ConfigError(f"cannot tell the export format from {path.name}: expected a .onnx file (ONNX) or "
-                         ".pt / .ts / .torchscript (TorchScript), or pass fmt=")
+                          ".pt / .ts / .torchscript (TorchScript), or pass fmt=")
     check_choice("fmt", fmt, EXPORT_FORMATS)
     wrapper = ExportHead(model, head)
     data_config = dict(data_config or {})

@@ -111,7 +111,7 @@ class DistillationLoss(nn.Module):
         :func:`deit.models.teacher_output.teacher_logits`)."""
         if self.teacher is None:
             raise ConfigError(f"{self.distillation_type} distillation needs a teacher: pass teacher= or "
-                             "teacher_outputs=")
+                              "teacher_outputs=")
         return teacher_logits(self.teacher, inputs, num_classes)
 
     def compute(self, inputs: torch.Tensor, outputs, labels: torch.Tensor,

@@ -65,7 +65,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in metadata]
     if missing:
         raise ConfigError(f"{path} lacks the preprocessing metadata {missing}; expected a file written by "
-                         "`deit export` (it records image size, mean/std and class names)")
+                          "`deit export` (it records image size, mean/std and class names)")
     return metadata
 
 
@@ -82,7 +82,7 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
     the centred ``size`` x ``size`` square."""
     if interpolation not in _FILTERS:
         raise ConfigError(f"interpolation {interpolation!r} in the file's metadata is not supported; expected one "
-                         f"of {', '.join(_FILTERS)}")
+                          f"of {', '.join(_FILTERS)}")
     scale = int(math.floor(size / crop_pct))
     w, h = image.size
     if crop_mode == "squash":
@@ -91,7 +91,7 @@ def _resize_and_crop(image: Image.Image, size: int, crop_pct: float, interpolati
         new_w, new_h = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
     else:
         raise ConfigError(f"crop_mode {crop_mode!r} in the file's metadata is not supported here; expected center "
-                         "or squash (export again with deit export)")
+                          "or squash (export again with deit export)")
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), _FILTERS[interpolation])
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))

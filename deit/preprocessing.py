@@ -74,7 +74,7 @@ def check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         elif key == "crop_pct":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
                 raise ConfigError(f"{flag} {value!r} is invalid; expected the fraction of the resized image kept by "
-                                 "the centre crop, in (0, 1] (0.875 for timm's default, 1.0 to keep all)")
+                                  "the centre crop, in (0, 1] (0.875 for timm's default, 1.0 to keep all)")
             value = float(value)
         elif key == "interpolation" and value not in EVAL_INTERPOLATIONS:
             raise ConfigError(f"{flag} {value!r} is invalid; expected one of {', '.join(EVAL_INTERPOLATIONS)}")

@@ -1,11 +1,15 @@
 """Per-run records: ``metrics.csv`` (one row per epoch), TensorBoard events and a PNG of
-the training curves. Only the main process writes (see :mod:`deit.distributed`)."""
+the training curves. Only the main process writes (see :mod:`deit.distributed`); files are
+replaced atomically (:func:`deit.fileio.atomic_write`), so a crash leaves the previous table."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Mapping
+
+from deit.fileio import atomic_write
 
 
 class RunLog:
@@ -40,12 +44,12 @@ class RunLog:
         fieldnames: list[str] = []
         for row in self.rows:
             fieldnames += [k for k in row if k not in fieldnames]
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.csv_path)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        data = table.getvalue().encode()  # bytes: the csv module's own "\r\n" line ends, untranslated
+        atomic_write(self.csv_path, lambda tmp: tmp.write_bytes(data))
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -98,8 +102,8 @@ class RunLog:
                 ax.legend()
         fig.suptitle(title)
         fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
+        try:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        finally:
+            plt.close(fig)
         return path

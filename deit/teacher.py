@@ -78,14 +78,14 @@ def resolve_teacher_name(name: str, image_size: int) -> str:
         if not timm.is_model(timm_name):
             close = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
             raise ConfigError(f"teacher_model_name={name!r}: timm has no architecture {timm_name!r}"
-                             + (f" (close: {', '.join(close)})" if close else "")
-                             + "; see timm.list_models() (--teacher-model timm:<name>)")
+                              + (f" (close: {', '.join(close)})" if close else "")
+                              + "; see timm.list_models() (--teacher-model timm:<name>)")
         return name
     try:
         check_model_name(name)
     except ValueError as err:
         raise ConfigError(f"teacher_model_name={name!r} is not a known teacher; expected 'ConvNeXt', "
-                         f"'timm:<timm model name>' or a registered model ({err})") from None
+                          f"'timm:<timm model name>' or a registered model ({err})") from None
     return name
 
 
@@ -104,7 +104,7 @@ def build_teacher(resolved_name: str, *, num_classes: int, in_channels: int, ima
             return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
         except RuntimeError as err:
             raise ConfigError(f"teacher_model_name={resolved_name!r}: timm does not know {timm_name!r} "
-                             f"({err})") from None
+                              f"({err})") from None
     kwargs = dict(num_classes=num_classes, in_channels=in_channels)
     if model_family(resolved_name) == "vit":
         kwargs["image_size"] = image_size
@@ -190,7 +190,7 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[flo
         return values * channels
     if len(values) != channels:
         raise ConfigError(f"{what}={list(values)} has {len(values)} values but the teacher has {channels} input "
-                         f"channel(s); give one value per channel or a single value for all ({STATS_FLAGS})")
+                          f"channel(s); give one value per channel or a single value for all ({STATS_FLAGS})")
     return values
 
 
@@ -267,7 +267,7 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     renormalise = input_mean is not None and input_std is not None
     if not renormalise and (teacher_mean is not None or teacher_std is not None):
         raise ConfigError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
-                         "student's statistics too (input_mean=, input_std=)")
+                          "student's statistics too (input_mean=, input_std=)")
     spec = TeacherInput(in_channels)
     if renormalise:
         state_dict, info = extract_state_dict(obj, metadata, source=str(path))

@@ -4,6 +4,11 @@
 directory (``config.output``) receives ``config.yaml`` (resolved settings), ``last.pth``
 and ``best.pth`` (atomic, weights-only loadable), ``metrics.csv``, TensorBoard events,
 ``curves.png`` and ``summary.json``.
+
+The steps, in order: :func:`setup` (data, model, teacher, recipe), :func:`resume` (from
+``last.pth``), :func:`open_records`, then per epoch :func:`run_epoch` (train, evaluate) and
+:func:`save_epoch` (log row, checkpoints), and :func:`finish` (curves, summary); a
+:class:`Run` carries the state between them.
 """
 from __future__ import annotations
 
@@ -15,14 +20,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from deit import distributed
 from deit.checkpoint import (
     capture_rng_state,
     load_pretrained,
@@ -30,16 +34,22 @@ from deit.checkpoint import (
     model_identity,
     restore_rng_state,
     save_training_checkpoint,
-    write_text_atomic,
 )
 from deit.config import TrainConfig
+from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
+from deit.data.datasets import stratified_indices
+from deit import distributed
 from deit.engine import Amp, evaluate, train_one_epoch
+from deit.errors import ConfigError
+from deit.factory import create_model
+from deit.fileio import write_text_atomic
+from deit.hub import resolve_pretrained_file, resolve_weights_argument
 from deit.losses import DistillationLoss, build_base_criterion
 from deit.models.deit import DeiT
-from deit.models.registry import create_model, model_family
-from deit.models.teacher import load_teacher
+from deit.models.registry import model_family
 from deit.optim import build_optimizer, build_scheduler
 from deit.run_log import RunLog
+from deit.teacher import TIMM_PREFIX, load_teacher, resolve_teacher_name
 
 logger = logging.getLogger("deit")
 
@@ -66,8 +76,8 @@ def resolve_device(name: str, env: distributed.DistEnv) -> torch.device:
     if name == "cuda":
         name = f"cuda:{env.local_rank}"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine; "
-                         "use --device cpu or --device auto")
+        raise ConfigError(f"device={name!r} was asked for but CUDA is not available on this machine; "
+                          "use --device cpu or --device auto")
     return torch.device(name)
 
 
@@ -85,13 +95,13 @@ def check_output_dir(output: Path, resume: bool) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"output directory {output} is not writable ({err.strerror or err}); choose another "
-                         "--output") from None
+        raise ConfigError(f"output directory {output} is not writable ({err.strerror or err}); choose another "
+                          "--output") from None
     if not resume and (output / "last.pth").exists():
-        raise ValueError(f"{output} already holds a run (last.pth); pass --resume to continue it or choose "
-                         "another --output (nothing was overwritten)")
+        raise ConfigError(f"{output} already holds a run (last.pth); pass --resume to continue it or choose "
+                          "another --output (nothing was overwritten)")
     if resume and not (output / "last.pth").exists():
-        raise ValueError(f"--resume: no checkpoint to resume in {output} (expected {output / 'last.pth'})")
+        raise ConfigError(f"--resume: no checkpoint to resume in {output} (expected {output / 'last.pth'})")
     for stale in output.glob(".*.tmp"):  # a write interrupted by a crash; the file it was replacing is intact
         logger.info("removing %s, left by an interrupted write", stale)
         stale.unlink(missing_ok=True)
@@ -152,14 +162,12 @@ def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
     changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in MODEL_DEFINING
                if k in saved and current.get(k) is not None and saved.get(k) != current.get(k)]
     if changed:
-        raise ValueError("cannot resume with a changed model configuration (" + "; ".join(changed) +
-                         "); start a new run with another --output instead")
+        raise ConfigError("cannot resume with a changed model configuration (" + "; ".join(changed) +
+                          "); start a new run with another --output instead")
 
 
 def build_data(config: TrainConfig, env: distributed.DistEnv):
     """Datasets, loaders and the data settings that a checkpoint records for prediction."""
-    from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-    from deit.data.datasets import stratified_indices
 
     train_set = load_dataset(config.dataset, "train", config.data_dir,  # decoded once; transform set below
                              bad_images=config.bad_images)
@@ -193,8 +201,8 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
                                 repeated_aug=config.repeated_aug, **loader_args)
     val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
     if len(train_loader) < config.accum_steps:
-        raise ValueError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
-                         f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")
+        raise ConfigError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
+                          f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")
     data_config = {"dataset": config.dataset, "image_size": image_size, "in_channels": channels,
                    "mean": list(mean), "std": list(std), "num_classes": len(classes),
                    "crop_pct": 1.0, "interpolation": "bicubic", "crop_mode": "center"}  # eval_tf's (build_transform)
@@ -210,8 +218,6 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
         overrides["drop_path_rate"] = config.drop_path
     model = create_model(config.model, **overrides)
     if config.finetune:
-        from deit.hub import resolve_weights_argument  # a path, a registered name (published weights) or a URL
-
         report = load_pretrained(model, resolve_weights_argument(config.finetune, flag="--finetune",
                                                                  progress=config.progress))
         for note in report.notes:
@@ -264,37 +270,77 @@ def deterministic_algorithms(enabled: bool):
         torch.backends.cudnn.benchmark = previous[1]
 
 
+@dataclass
+class Run:
+    """A training run between epochs: what :func:`setup` builds, :func:`resume` restores and
+    each :func:`run_epoch` advances. :func:`_train` reads as nanoGPT's ``train.py``: set up,
+    resume, then per epoch train, evaluate, log and save."""
+
+    config: TrainConfig
+    env: distributed.DistEnv
+    device: torch.device
+    output: Path
+    train_loader: Any
+    val_loader: Any
+    classes: list[str]
+    data_config: dict[str, Any]  # what prediction needs to preprocess like training (saved in checkpoints)
+    model: nn.Module  # the bare model: evaluated and saved
+    net: nn.Module  # what trains: the model, or its DDP / torch.compile wrapper
+    teacher: nn.Module | None
+    ema: Any  # timm ModelEmaV3 or None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    criterion: DistillationLoss
+    mixup_fn: Callable | None
+    amp: Amp
+    resolved: dict[str, Any]  # the settings with what the data decided: config.yaml
+    lr: float
+    effective_batch: int
+    updates_per_epoch: int
+    start_time: float = field(default_factory=time.perf_counter)
+    start_epoch: int = 0
+    num_updates: int = 0
+    best_acc1: float = float("-inf")
+    run_log: RunLog | None = None
+    final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
+    throughput: list[float] = field(default_factory=list)  # train images/s, per epoch
+
+
 def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
     start_time = time.perf_counter()
     seed_everything(config.seed + env.rank)
-    resume_state = load_training_checkpoint(output / "last.pth") if config.resume else None
-    if resume_state is not None:
-        check_resume_compatible(resume_state.get("config", {}), config)
+    saved = load_training_checkpoint(output / "last.pth") if config.resume else None
+    if saved is not None:
+        check_resume_compatible(saved.get("config", {}), config)
+    run = setup(config, env, device, output)
+    run.start_time = start_time  # the wall time includes loading the data and building the model
+    if saved is not None:
+        resume(run, saved)
+    else:
+        # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
+        # depends on the seed alone, not on what construction or first-time imports consumed.
+        seed_everything(config.seed + env.rank + LOOP_SEED_OFFSET)
+    open_records(run, resumed=saved is not None)
+    end_epoch = config.epochs if config.stop_after_epochs is None else \
+        min(config.epochs, run.start_epoch + config.stop_after_epochs)
+    for epoch in range(run.start_epoch, end_epoch):
+        metrics, improved = run_epoch(run, epoch)
+        save_epoch(run, epoch, metrics, improved)
+        distributed.barrier()
+    return finish(run, epochs_run=end_epoch - run.start_epoch)
 
+
+def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> Run:
+    """Data, model and teacher, then the recipe: AdamW at the paper's scaled learning rate
+    (Table 9), the cosine schedule, Mixup/CutMix, the distillation loss, AMP."""
     train_loader, val_loader, classes, data_config = build_data(config, env)
     num_classes = config.num_classes or len(classes)
     if num_classes != len(classes):
-        raise ValueError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
-                         "drop --num-classes or set it to the data set's")
+        raise ConfigError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
+                          "drop --num-classes or set it to the data set's")
     model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
-
-    teacher = None
-    if config.teacher_model:
-        teacher_checkpoint = config.teacher_checkpoint
-        if config.teacher_pretrained and teacher_checkpoint is None:  # the teacher's published weights
-            from deit.hub import resolve_pretrained_file
-            from deit.models.teacher import TIMM_PREFIX, resolve_teacher_name
-
-            teacher_name = resolve_teacher_name(config.teacher_model, data_config["image_size"])
-            if teacher_name.startswith(TIMM_PREFIX):
-                raise ValueError(f"--teacher-pretrained covers registered names; for --teacher-model {teacher_name} "
-                                 "pass timm's weights file with --teacher-checkpoint FILE")
-            teacher_checkpoint = resolve_pretrained_file(teacher_name, progress=config.progress)
-        # the teacher takes the student's normalised batches: re-normalised when it was trained otherwise
-        teacher = load_teacher(config.teacher_model, num_classes=num_classes, in_channels=data_config["in_channels"],
-                               image_size=data_config["image_size"], checkpoint=teacher_checkpoint,
-                               input_mean=data_config["mean"], input_std=data_config["std"],
-                               teacher_mean=config.teacher_mean, teacher_std=config.teacher_std)
+    teacher = build_teacher(config, num_classes, data_config)
     distilling = teacher is not None and config.distillation_type != "none"
     if distilling and isinstance(model, DeiT):
         model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
@@ -310,7 +356,6 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     net: nn.Module = model
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     if config.compile:
         net = torch.compile(net)  # the teacher runs eagerly inside (inference mode, not a submodule)
 
@@ -322,114 +367,159 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     scheduler = build_scheduler(optimizer, total_steps=config.epochs * updates_per_epoch,
                                 warmup_steps=warmup_epochs * updates_per_epoch, min_lr=config.min_lr,
                                 warmup_lr=config.warmup_lr)
-    mixup_fn = None
-    if (config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0:
-        from timm.data import Mixup
-
-        mixup_fn = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                         switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
-                         num_classes=num_classes)
+    mixup_fn = build_mixup(config, num_classes)
     criterion = DistillationLoss(
         build_base_criterion(mixup_active=mixup_fn is not None, smoothing=config.smoothing),
         teacher=None if isinstance(model, DeiT) else teacher,
         distillation_type=config.distillation_type if distilling else "none",
         alpha=config.distillation_alpha, tau=config.distillation_tau, kl_reduction=config.kl_reduction)
-    amp = Amp(enabled=config.amp, dtype=getattr(torch, config.amp_dtype))
+    amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     scaler = torch.amp.GradScaler("cuda") if config.amp and config.amp_dtype == "float16" and device.type == "cuda" \
         else None
-
-    start_epoch, num_updates, best_acc1 = 0, 0, float("-inf")
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema") is not None:
-            ema.module.load_state_dict(resume_state["ema"])
-        start_epoch = int(resume_state["epoch"]) + 1
-        num_updates = int(resume_state["num_updates"])
-        best_acc1 = float(resume_state.get("best_acc1", best_acc1))
-        rng = resume_state["rng"]
-        restore_rng_state(rng[env.rank] if isinstance(rng, list) and env.rank < len(rng) else rng)
-    else:
-        # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
-        # depends on the seed alone, not on what construction or first-time imports consumed.
-        seed_everything(config.seed + env.rank + LOOP_SEED_OFFSET)
 
     resolved = config.to_dict()
     resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
                     in_channels=data_config["in_channels"], warmup_epochs=warmup_epochs)
+    return Run(config=config, env=env, device=device, output=output, train_loader=train_loader,
+               val_loader=val_loader, classes=classes, data_config=data_config, model=model, net=net,
+               teacher=teacher, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+               criterion=criterion, mixup_fn=mixup_fn, amp=amp, resolved=resolved, lr=lr,
+               effective_batch=effective_batch, updates_per_epoch=updates_per_epoch)
+
+
+def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, Any]) -> nn.Module | None:
+    """The frozen teacher of ``--teacher-model`` (paper §4), or ``None``."""
+    if not config.teacher_model:
+        return None
+    teacher_checkpoint = config.teacher_checkpoint
+    if config.teacher_pretrained and teacher_checkpoint is None:  # the teacher's published weights
+
+        teacher_name = resolve_teacher_name(config.teacher_model, data_config["image_size"])
+        if teacher_name.startswith(TIMM_PREFIX):
+            raise ConfigError(f"--teacher-pretrained covers registered names; for --teacher-model {teacher_name} "
+                              "pass timm's weights file with --teacher-checkpoint FILE")
+        teacher_checkpoint = resolve_pretrained_file(teacher_name, progress=config.progress)
+    # the teacher takes the student's normalised batches: re-normalised when it was trained otherwise
+    return load_teacher(config.teacher_model, num_classes=num_classes, in_channels=data_config["in_channels"],
+                        image_size=data_config["image_size"], checkpoint=teacher_checkpoint,
+                        input_mean=data_config["mean"], input_std=data_config["std"],
+                        teacher_mean=config.teacher_mean, teacher_std=config.teacher_std)
+
+
+def build_mixup(config: TrainConfig, num_classes: int):
+    """timm's Mixup/CutMix on whole batches with label smoothing folded into the soft
+    targets (the official ``main.py``), or ``None`` when both are off."""
+    if not ((config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                 switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
+                 num_classes=num_classes)
+
+
+def resume(run: Run, saved: dict[str, Any]) -> None:
+    """Continue from ``last.pth``: weights, optimizer, schedule, loss scale, EMA, counters and
+    this rank's RNG state, so that the resumed run equals an uninterrupted one."""
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    if run.ema is not None and saved.get("ema") is not None:
+        run.ema.module.load_state_dict(saved["ema"])
+    run.start_epoch = int(saved["epoch"]) + 1
+    run.num_updates = int(saved["num_updates"])
+    run.best_acc1 = float(saved.get("best_acc1", run.best_acc1))
+    rng, rank = saved["rng"], run.env.rank
+    restore_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else rng)
+
+
+def open_records(run: Run, resumed: bool) -> None:
+    """``config.yaml`` and the epoch log (which drops the rows of an interrupted attempt on
+    resume); states the plan and the scaled learning rate."""
+    config, env = run.config, run.env
     if env.is_main:
-        write_text_atomic(output / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    run_log = RunLog(output, enabled=env.is_main, resume_after_epoch=start_epoch - 1 if resume_state else None)
+        write_text_atomic(run.output / "config.yaml", yaml.safe_dump(run.resolved, sort_keys=False))
+    run.run_log = RunLog(run.output, enabled=env.is_main, resume_after_epoch=run.start_epoch - 1 if resumed else None)
     if env.is_main:
         logger.info("training %s on %s: %d epochs x %d updates of %d images, output %s", config.model,
-                    config.dataset, config.epochs, updates_per_epoch, effective_batch, output)
+                    config.dataset, config.epochs, run.updates_per_epoch, run.effective_batch, run.output)
         logger.info("learning rate %.4g = --lr %.4g x effective batch %d (--batch-size %d x --accum-steps %d x %d "
-                    "process(es)) / 512, the paper's scaling rule", lr, config.lr, effective_batch, config.batch_size,
-                    config.accum_steps, env.world_size)
+                    "process(es)) / 512, the paper's scaling rule", run.lr, config.lr, run.effective_batch,
+                    config.batch_size, config.accum_steps, env.world_size)
 
-    final: dict[str, Any] = {}
-    throughput = []
-    end_epoch = config.epochs if config.stop_after_epochs is None else \
-        min(config.epochs, start_epoch + config.stop_after_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        train_metrics, num_updates = train_one_epoch(
-            net, criterion, train_loader, optimizer, device=device, epoch=epoch, num_updates=num_updates,
-            scheduler=scheduler, mixup_fn=mixup_fn, ema=ema, amp=amp, scaler=scaler,
-            accum_steps=config.accum_steps, clip_grad=config.clip_grad, progress=config.progress and env.is_main)
-        throughput.append(train_metrics["train_images_per_s"])
-        metrics = dict(train_metrics)
-        evaluated = (epoch + 1) % config.eval_interval == 0 or epoch == config.epochs - 1
-        improved = False
-        if evaluated:
-            val = evaluate(model, val_loader, device=device, amp=amp, teacher=teacher)
-            metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
-            if ema is not None:
-                ema_val = evaluate(ema.module, val_loader, device=device, amp=amp)
-                metrics.update({f"ema_{k}": v for k, v in ema_val.items() if k != "count"})
-            improved = metrics["val_acc1"] > best_acc1
-            best_acc1 = max(best_acc1, metrics["val_acc1"])
-        metrics["best_acc1"] = best_acc1
-        final = metrics
-        rng_states = _gather_rng_states(env)
-        if env.is_main:
-            run_log.log_epoch(epoch, metrics)
-            payload = {
-                **model_identity(model), "model": model.state_dict(), "classes": classes,
-                "data_config": data_config, "config": resolved, "epoch": epoch, "num_updates": num_updates,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.module.state_dict() if ema is not None else None, "rng": rng_states,
-                "best_acc1": best_acc1, "metrics": metrics,
-            }
-            save_training_checkpoint(output / "last.pth", payload)
-            if improved:
-                save_training_checkpoint(output / "best.pth", payload)
-            val_text = f"val top-1 {metrics['val_acc1']:.2f}% (best {best_acc1:.2f}%)" if evaluated else "not evaluated"
-            logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch,
-                        metrics["train_loss"], val_text, metrics["train_images_per_s"],
-                        time.perf_counter() - start_time)
-            skipped = sum(_skipped_images(loader) for loader in (train_loader, val_loader))
-            if skipped:
-                logger.warning("%d unreadable image file(s) skipped so far (bad_images=skip); their paths are in "
-                               "the warnings above", skipped)
-        distributed.barrier()
 
-    wall = time.perf_counter() - start_time
-    result = TrainResult(output=output, final=final, best_acc1=best_acc1, epochs_run=end_epoch - start_epoch,
+def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
+    """Train one epoch, then evaluate when due (every ``eval_interval`` epochs and the last
+    one). Returns the epoch's metrics and whether validation top-1 improved on the best."""
+    config = run.config
+    if hasattr(run.train_loader.sampler, "set_epoch"):
+        run.train_loader.sampler.set_epoch(epoch)
+    train_metrics, run.num_updates = train_one_epoch(
+        run.net, run.criterion, run.train_loader, run.optimizer, device=run.device, epoch=epoch,
+        num_updates=run.num_updates, scheduler=run.scheduler, mixup_fn=run.mixup_fn, ema=run.ema, amp=run.amp,
+        scaler=run.scaler, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
+        progress=config.progress and run.env.is_main)
+    run.throughput.append(train_metrics["train_images_per_s"])
+    metrics = dict(train_metrics)
+    improved = False
+    if (epoch + 1) % config.eval_interval == 0 or epoch == config.epochs - 1:
+        val = evaluate(run.model, run.val_loader, device=run.device, amp=run.amp, teacher=run.teacher)
+        metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
+        if run.ema is not None:
+            ema_val = evaluate(run.ema.module, run.val_loader, device=run.device, amp=run.amp)
+            metrics.update({f"ema_{k}": v for k, v in ema_val.items() if k != "count"})
+        improved = metrics["val_acc1"] > run.best_acc1
+        run.best_acc1 = max(run.best_acc1, metrics["val_acc1"])
+    metrics["best_acc1"] = run.best_acc1
+    run.final = metrics
+    return metrics, improved
+
+
+def save_epoch(run: Run, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
+    """The epoch's row in ``metrics.csv`` / TensorBoard, then ``last.pth`` (and ``best.pth``
+    when top-1 improved), written by the main process. Every process calls it: each one's
+    RNG state goes into the checkpoint."""
+    rng_states = _gather_rng_states(run.env)
+    if not run.env.is_main:
+        return
+    run.run_log.log_epoch(epoch, metrics)
+    payload = {
+        **model_identity(run.model), "model": run.model.state_dict(), "classes": run.classes,
+        "data_config": run.data_config, "config": run.resolved, "epoch": epoch, "num_updates": run.num_updates,
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "ema": run.ema.module.state_dict() if run.ema is not None else None, "rng": rng_states,
+        "best_acc1": run.best_acc1, "metrics": metrics,
+    }
+    save_training_checkpoint(run.output / "last.pth", payload)
+    if improved:
+        save_training_checkpoint(run.output / "best.pth", payload)
+    val_text = f"val top-1 {metrics['val_acc1']:.2f}% (best {run.best_acc1:.2f}%)" if "val_acc1" in metrics \
+        else "not evaluated"
+    logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch, metrics["train_loss"],
+                val_text, metrics["train_images_per_s"], time.perf_counter() - run.start_time)
+    skipped = sum(_skipped_images(loader) for loader in (run.train_loader, run.val_loader))
+    if skipped:
+        logger.warning("%d unreadable image file(s) skipped so far (bad_images=skip); their paths are in the "
+                       "warnings above", skipped)
+
+
+def finish(run: Run, epochs_run: int) -> TrainResult:
+    """The curves and ``summary.json`` (main process); the run's result."""
+    config = run.config
+    wall = time.perf_counter() - run.start_time
+    result = TrainResult(output=run.output, final=run.final, best_acc1=run.best_acc1, epochs_run=epochs_run,
                          wall_time_s=wall,
-                         train_images_per_s=float(np.median(throughput)) if throughput else float("nan"))
-    if env.is_main:
-        run_log.plot(output / "curves.png", title=f"{config.model} on {config.dataset}")
-        run_log.close()
-        summary = {"model": config.model, "dataset": config.dataset, "best_acc1": best_acc1,
-                   "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+                         train_images_per_s=float(np.median(run.throughput)) if run.throughput else float("nan"))
+    if run.env.is_main:
+        run.run_log.plot(run.output / "curves.png", title=f"{config.model} on {config.dataset}")
+        run.run_log.close()
+        summary = {"model": config.model, "dataset": config.dataset, "best_acc1": run.best_acc1,
+                   "final": {k: v for k, v in run.final.items() if isinstance(v, (int, float))},
                    "wall_time_s": wall, "train_images_per_s": result.train_images_per_s}
-        write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return result
 
 

@@ -77,7 +77,7 @@ def _check_transformer(model: nn.Module) -> None:
             or not isinstance(blocks, nn.Sequential) or len(blocks) == 0
             or not all(isinstance(b, Block) for b in blocks)):
         raise ConfigError(f"model must be a ViT or DeiT of this library (deit.models), got "
-                         f"{type(model).__name__}; attention maps need its transformer blocks")
+                          f"{type(model).__name__}; attention maps need its transformer blocks")
 
 
 @contextlib.contextmanager
@@ -179,7 +179,7 @@ def _cls_dist_similarity(states: Sequence[torch.Tensor]) -> list[float]:
 def _check_distilled(model: nn.Module) -> None:
     if getattr(model, "num_prefix_tokens", 1) < 2 or not hasattr(model, "dist_token"):
         raise ConfigError(f"model ({type(model).__name__}) has no distillation token; the cls/dist token "
-                         "similarity needs a DeiT with a distillation token (a *_distilled_* model)")
+                          "similarity needs a DeiT with a distillation token (a *_distilled_* model)")
 
 
 # --- attention rollout -------------------------------------------------------------------
@@ -188,7 +188,7 @@ def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
     """Validate a list of (B, H, N, N) attention maps; returns ``(B, N)``."""
     if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence) or len(maps) == 0:
         raise ConfigError(f"maps must be a non-empty list of attention tensors of shape (B, heads, N, N), "
-                         f"one per block, got {type(maps).__name__}")
+                          f"one per block, got {type(maps).__name__}")
     first = maps[0]
     for i, a in enumerate(maps):
         if not isinstance(a, torch.Tensor) or a.ndim != 4 or a.shape[-1] != a.shape[-2]:
@@ -196,7 +196,7 @@ def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
             raise ConfigError(f"maps[{i}] has shape {shape}; expected (B, heads, N, N)")
         if (a.shape[0], a.shape[-1]) != (first.shape[0], first.shape[-1]):
             raise ConfigError(f"maps[{i}] has shape {tuple(a.shape)} but maps[0] has {tuple(first.shape)}; expected "
-                             "the same batch size B and token count N in every layer")
+                              "the same batch size B and token count N in every layer")
         if not a.is_floating_point():
             raise ConfigError(f"maps[{i}] has dtype {a.dtype}; expected floating-point attention probabilities")
     return first.shape[0], first.shape[-1]
@@ -235,12 +235,12 @@ def _check_rollout_args(token_index: Any, head_fusion: Any, discard_ratio: Any, 
     if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) \
             or not 1 <= num_prefix_tokens < num_tokens:
         raise ConfigError(f"num_prefix_tokens={num_prefix_tokens!r} is invalid; expected an integer from 1 "
-                         f"(cls) or 2 (cls, dist) up to N-1 = {num_tokens - 1}")
+                          f"(cls) or 2 (cls, dist) up to N-1 = {num_tokens - 1}")
     if isinstance(token_index, bool) or not isinstance(token_index, int) \
             or not 0 <= token_index < num_prefix_tokens:
         raise ConfigError(f"token_index={token_index!r} is invalid; expected the index of a prefix token, "
-                         f"0 (cls){' or 1 (dist)' if num_prefix_tokens > 1 else ''}, below "
-                         f"num_prefix_tokens={num_prefix_tokens}")
+                          f"0 (cls){' or 1 (dist)' if num_prefix_tokens > 1 else ''}, below "
+                          f"num_prefix_tokens={num_prefix_tokens}")
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     _check_discard_ratio(discard_ratio)
 
@@ -469,7 +469,7 @@ def _load(checkpoint_or_model: str | os.PathLike | nn.Module, data_config: Mappi
         model, meta = load_for_inference(checkpoint_or_model, model_name=model_name, use_ema=use_ema)
     else:
         raise ConfigError(f"checkpoint_or_model must be a checkpoint path or an nn.Module, got "
-                         f"{type(checkpoint_or_model).__name__}")
+                          f"{type(checkpoint_or_model).__name__}")
     _check_transformer(model)
     config = dict(meta["data_config"] or {})
     config.update(data_config or {})

@@ -118,16 +118,16 @@ class ArrayImageDataset(Dataset):
             raise ConfigError(f"images has dtype {images.dtype}; expected uint8 (values 0..255)")
         if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
             raise ConfigError(f"images has shape {images.shape}; expected (N, H, W) for grey "
-                             "or (N, H, W, 3) for RGB")
+                              "or (N, H, W, 3) for RGB")
         if targets_array.ndim != 1 or len(targets_array) != len(images):
             raise ConfigError(f"targets has shape {targets_array.shape}; expected ({len(images)},), "
-                             "one label per image")
+                              "one label per image")
         if len(targets_array) and not np.issubdtype(targets_array.dtype, np.integer):
             raise ConfigError(f"targets has dtype {targets_array.dtype}; expected integer class indices")
         classes = [str(c) for c in classes]
         if len(targets_array) and (targets_array.min() < 0 or targets_array.max() >= len(classes)):
             raise ConfigError(f"targets span {int(targets_array.min())}..{int(targets_array.max())}; "
-                             f"expected labels in 0..{len(classes) - 1} for {len(classes)} classes")
+                              f"expected labels in 0..{len(classes) - 1} for {len(classes)} classes")
         self.images = images                                    # (N, H, W) or (N, H, W, 3) uint8
         self.targets_array = targets_array.astype(np.int64)     # (N,) int64
         self.targets: list[int] = self.targets_array.tolist()
@@ -389,7 +389,7 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
     if os.path.isdir(key):
         return _load_folder(Path(key), split, transform, bad_images)
     raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
-                     "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+                      "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
 
 
 # --- subsets -------------------------------------------------------------------------------
@@ -456,7 +456,7 @@ def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> Dat
         return DATASET_INFO[key]
     if dataset is None or not hasattr(dataset, "classes"):
         raise ConfigError(f"{key!r} is not a built-in data set ({', '.join(BUILTIN_DATASETS)}); pass the "
-                         "loaded image-folder dataset so its classes can be counted")
+                          "loaded image-folder dataset so its classes can be counted")
     return DatasetInfo(key, num_classes=len(dataset.classes), channels=getattr(dataset, "channels", 3),
                        native_size=getattr(dataset, "native_size", None),
                        hflip_ok=getattr(dataset, "hflip_ok", True))

@@ -85,7 +85,8 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file for a
     directory or a file Pillow cannot decode (truncated, not an image).
     """
-    if in_channels not in _MODES:  # spelled out: this module imports nothing of the package (onnx_predict loads it alone)
+    # spelled out rather than deit._validation.check_choice: onnx_predict may load this module alone
+    if in_channels not in _MODES:
         raise ConfigError(f"in_channels={in_channels!r} is not supported; expected one of: 1, 3")
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -98,7 +99,7 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
             image = to_8bit(_orient(image, path))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ConfigError(f"cannot read {path} as an image: it is not a format Pillow can decode or it "
-                         f"is truncated ({type(err).__name__}: {err})") from None
+                          f"is truncated ({type(err).__name__}: {err})") from None
     stored = image.mode
     try:
         if image.mode == "P":  # palette colours (transparency dropped, as convert("RGB") does)
@@ -106,7 +107,7 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
         return image if image.mode == _MODES[in_channels] else image.convert(_MODES[in_channels])
     except ValueError as err:  # e.g. LAB, which Pillow cannot convert
         raise ConfigError(f"cannot use {path}: its pixel mode {stored!r} cannot be converted to "
-                         f"{_MODES[in_channels]!r} ({err}); save it as RGB or greyscale") from None
+                          f"{_MODES[in_channels]!r} ({err}); save it as RGB or greyscale") from None
 
 
 def stored_channels(path: str | os.PathLike) -> int | None:

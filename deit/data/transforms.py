@@ -82,7 +82,7 @@ def _check_stats(name: str, values: Sequence[float], in_channels: int) -> tuple[
         values = values * 3  # grey statistics for a grey source replicated to RGB
     if len(values) != in_channels:
         raise ConfigError(f"{name} has {len(values)} entries {values}; expected {in_channels} "
-                         f"(one per input channel; a 1-entry {name} is replicated for in_channels=3)")
+                          f"(one per input channel; a 1-entry {name} is replicated for in_channels=3)")
     if name == "std" and min(values) <= 0:
         raise ConfigError(f"std={values} is invalid; expected every entry > 0")
     return values
@@ -139,7 +139,7 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     if not is_train:
         if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
             raise ConfigError(f"crop_pct={crop_pct!r} is invalid; expected the fraction of the resized image kept "
-                             "by the centre crop, in (0, 1] (--crop-pct)")
+                              "by the centre crop, in (0, 1] (--crop-pct)")
         check_choice("crop_mode", crop_mode, CROP_MODES)
         eval_interp = "bicubic" if interpolation == "random" else interpolation
         return T.Compose([convert, create_transform(input_size=image_size, is_training=False,

@@ -187,8 +187,8 @@ class ConvNeXt(nn.Module):
             raise ConfigError(f"expected an image batch of shape (batch, {self.in_channels}, H, W), got {shape}")
         if min(x.shape[2:]) < self.min_input_size():
             raise ConfigError(f"images of {x.shape[2]}x{x.shape[3]} px are too small for this ConvNeXt "
-                             f"(stem_stride={self.config['stem_stride']}): need at least "
-                             f"{self.min_input_size()} px; use a *_32 variant (stem_stride=2) for small images")
+                              f"(stem_stride={self.config['stem_stride']}): need at least "
+                              f"{self.min_input_size()} px; use a *_32 variant (stem_stride=2) for small images")
         check_image_values(x)
         return self.stages(self.stem(x))
 

@@ -88,7 +88,7 @@ class DeiT(ViT):
         elif teacher_model_name is not None:
             if not isinstance(teacher_model_name, str):
                 raise ConfigError(f"teacher_model_name={teacher_model_name!r} is invalid; expected a model "
-                                 "name, an nn.Module or None")
+                                  "name, an nn.Module or None")
             self.loadTeacherModel()
 
     # --- construction hooks -----------------------------------------------------------
@@ -214,7 +214,7 @@ class DeiT(ViT):
 
         if not isinstance(self.teacher_model_name, str):
             raise ConfigError("loadTeacherModel() needs teacher_model_name to be a model name; "
-                             f"got {self.teacher_model_name!r}")
+                              f"got {self.teacher_model_name!r}")
         teacher = load_teacher(
             self.teacher_model_name,
             num_classes=self.num_classes,

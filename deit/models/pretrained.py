@@ -169,7 +169,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
         close = difflib.get_close_matches(str(name), _CFGS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"no pretrained configuration for model name {name!r}{hint} "
-                         f"Known: {', '.join(sorted(_CFGS))}") from None
+                          f"Known: {', '.join(sorted(_CFGS))}") from None
 
 
 # --- label names ---------------------------------------------------------------------------

@@ -93,24 +93,24 @@ def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if alias in out:
             if native in out:
                 raise ConfigError(f"{alias}={out[alias]!r} (timm's name) and {native}={out[native]!r} were both given "
-                                 f"for {name}; they are the same setting: pass only one")
+                                  f"for {name}; they are the same setting: pass only one")
             out[native] = out.pop(alias)
     if "img_size" in out:  # ConvNeXt: fully convolutional, no size argument
         raise ConfigError(f"img_size={out['img_size']!r} does not apply to {name}: ConvNeXt takes any input size "
-                         "(omit img_size)")
+                          "(omit img_size)")
     if family == "vit" and "drop_path_rate" in out:
         given = [k for k in ("stochastic_depth", "stochastic_depth_mp") if k in out]
         if given:
             raise ConfigError(f"drop_path_rate={out['drop_path_rate']!r} (timm's name) and {given[0]}={out[given[0]]!r} "
-                             f"were both given for {name}; drop_path_rate sets stochastic_depth and "
-                             "stochastic_depth_mp: pass one or the other")
+                              f"were both given for {name}; drop_path_rate sets stochastic_depth and "
+                              "stochastic_depth_mp: pass one or the other")
         rate = out.pop("drop_path_rate")
         out.update(stochastic_depth=bool(rate), stochastic_depth_mp=rate)
     if "global_pool" in out:
         pool = out.pop("global_pool")
         if pool != _GLOBAL_POOL[family]:
             raise ConfigError(f"global_pool={pool!r} is not supported by {name}: it pools with "
-                             f"{_GLOBAL_POOL[family]!r} only (omit global_pool or pass {_GLOBAL_POOL[family]!r})")
+                              f"{_GLOBAL_POOL[family]!r} only (omit global_pool or pass {_GLOBAL_POOL[family]!r})")
     return out
 
 
@@ -126,7 +126,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     if name in pretrained_cfg_names():
         return _builtin_pretrained_cfg(name)
     raise ConfigError(f"model {name!r} was registered without a pretrained configuration; register it with "
-                     "register_model(family, pretrained_cfg=PretrainedCfg(input_size=(3, H, W), ...))")
+                      "register_model(family, pretrained_cfg=PretrainedCfg(input_size=(3, H, W), ...))")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

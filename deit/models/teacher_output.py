@@ -85,14 +85,14 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, num_classes: int | None 
         out = _eval_output(teacher, x)
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"the teacher {type(teacher).__name__} returned a {type(out).__name__}; expected logits "
-                         "of shape (batch, num_classes), a tuple whose first element is those logits, or an "
-                         "object with .logits")
+                          "of shape (batch, num_classes), a tuple whose first element is those logits, or an "
+                          "object with .logits")
     batch = x.shape[0]
     want = num_classes if num_classes is not None else (out.shape[-1] if out.ndim else None)
     if out.ndim != 2 or out.shape[0] != batch or out.shape[1] != want:
         raise ConfigError(f"the teacher returned logits of shape {tuple(out.shape)}; expected (batch, {want}) with "
-                         f"batch={batch}: one row per image and the student's number of classes. Use a teacher "
-                         "trained on the same classes (--teacher-model / --teacher-checkpoint)")
+                          f"batch={batch}: one row per image and the student's number of classes. Use a teacher "
+                          "trained on the same classes (--teacher-model / --teacher-checkpoint)")
     return out if torch.is_inference_mode_enabled() else out.clone()  # (B, K)
 
 
@@ -134,15 +134,15 @@ class TeacherInputNorm(nn.Module):
         teacher_mean, teacher_std = _floats(teacher_mean, "teacher mean"), _floats(teacher_std, "teacher std")
         if len(student_mean) != len(student_std) or len(teacher_mean) != len(teacher_std):
             raise ConfigError(f"mean and std need one value per channel each; got student mean {list(student_mean)} "
-                             f"/ std {list(student_std)}, teacher mean {list(teacher_mean)} / std {list(teacher_std)}")
+                              f"/ std {list(student_std)}, teacher mean {list(teacher_mean)} / std {list(teacher_std)}")
         if min(student_std + teacher_std) <= 0:
             raise ConfigError(f"normalisation std must be > 0; got student std {list(student_std)}, teacher std "
-                             f"{list(teacher_std)} (--teacher-std)")
+                              f"{list(teacher_std)} (--teacher-std)")
         c_s, c_t = len(student_mean), len(teacher_mean)
         if not (c_s == c_t or c_s == 1 or (c_s == 3 and c_t == 1)):
             raise ConfigError(f"cannot feed {c_s}-channel student inputs to a {c_t}-channel teacher; supported: equal "
-                             "channels, grey -> RGB and RGB -> grey. Set --teacher-mean/--teacher-std with one value "
-                             f"per teacher channel, or train the teacher with {c_s} channels")
+                              "channels, grey -> RGB and RGB -> grey. Set --teacher-mean/--teacher-std with one value "
+                              f"per teacher channel, or train the teacher with {c_s} channels")
         self.teacher = teacher
         self.teacher_name = getattr(teacher, "teacher_name", type(teacher).__name__)
         self.student_channels, self.teacher_channels = c_s, c_t
@@ -160,7 +160,7 @@ class TeacherInputNorm(nn.Module):
         """Student-normalised (B, C_s, H, W) -> teacher-normalised (B, C_t, H, W)."""
         if x.ndim != 4 or x.shape[1] != self.student_channels:
             raise ConfigError(f"teacher inputs of shape {tuple(x.shape)}; expected (batch, {self.student_channels}, "
-                             "height, width) as normalised for the student")
+                              "height, width) as normalised for the student")
         pixels = x * self.student_std + self.student_mean  # (B, C_s, H, W), [0, 1] units
         if self.student_channels != self.teacher_channels:
             if self.student_channels == 1:
