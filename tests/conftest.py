@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,3 +36,36 @@ def perturb_(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
         for p in module.parameters():
             p.add_(torch.randn_like(p) * scale)
     return module
+
+
+# --- one trained run, shared by every module that needs a finished training run -------------
+
+# Two epochs of 128 digits (upsampled to 16 px) for the smallest DeiT⚗, with EMA on so that the
+# checkpoint holds every part a training checkpoint can hold (model, EMA, optimizer, scheduler,
+# RNG states, config, classes, data config, metrics); lr 5e-3 so that four steps move the
+# weights off their initialisation. A few seconds on one core.
+TRAINED_RUN_FLAGS = ["--dataset", "digits", "--image-size", "16", "--model", "deit_pico_distilled_patch4_32",
+                     "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "64", "--train-subset", "128",
+                     "--lr", "5e-3", "--no-progress", "--model-ema", "--model-ema-decay", "0.9", "--mixup", "0",
+                     "--cutmix", "0", "--reprob", "0", "--auto-augment", "none", "--repeated-aug", "1"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The directory of a finished ``deit train`` run (``TRAINED_RUN_FLAGS``): ``best.pth``,
+    ``last.pth``, ``config.yaml``, ``metrics.csv``, ``summary.json``. Built once per session
+    through the CLI; read it, never write to it: a test that runs ``deit train`` on it or
+    changes its files works on ``copy_run(trained_run, tmp_path)``."""
+    from deit.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    with pytest.MonkeyPatch.context() as env:  # the isolation of _seed_and_isolate, for a session fixture
+        env.delenv("DEIT_CHECKPOINT_DIR", raising=False)
+        env.setenv("DEIT_OFFLINE", "1")
+        assert main(["train", *TRAINED_RUN_FLAGS, "--output", str(out)]) == 0
+    return out
+
+
+def copy_run(run: Path, into: Path) -> Path:
+    """A private copy of a run directory (``into / run.name``) for a test that may change it."""
+    return Path(shutil.copytree(run, into / run.name))

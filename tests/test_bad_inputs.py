@@ -19,6 +19,7 @@ from deit import create_model, save_model
 from deit.checkpoint import CheckpointError
 from deit.cli import main
 from deit.data import load_dataset
+from tests.conftest import copy_run
 
 # A seconds-long recipe on digits (8x8 upsampled to 16 px).
 TINY = ["--dataset", "digits", "--image-size", "16", "--model", "deit_pico_patch4_32", "--epochs", "2",
@@ -41,7 +42,7 @@ def cli_error(capsys, *argv: str) -> str:
     return lines[0]
 
 
-# --- fixtures: a tiny image folder and a tiny trained run ------------------------------
+# --- an image folder; the trained run comes from tests/conftest.py ----------------------------
 
 def write_folder(root: Path, classes=("0", "1", "2"), per_class=(8, 3)) -> Path:
     """An ImageFolder of 16 px grey PNGs made from digits: root/{train,val}/<class>/*.png."""
@@ -55,14 +56,6 @@ def write_folder(root: Path, classes=("0", "1", "2"), per_class=(8, 3)) -> Path:
             for i, array in enumerate(images):
                 Image.fromarray(array).resize((16, 16)).save(folder / f"{i}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """A finished 2-epoch run on digits (10 classes); its directory."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", *TINY, "--output", str(out)]) == 0
-    return out
 
 
 # --- 1. model inputs (Python API) -------------------------------------------------------
@@ -264,21 +257,23 @@ def test_unwritable_output_directory(tmp_path, capsys):
     assert blocker.read_text() == "not a directory"
 
 
-def test_existing_run_is_not_overwritten(trained_run, capsys):
-    before = (trained_run / "last.pth").read_bytes()
-    message = cli_error(capsys, "train", *TINY, "--output", str(trained_run))
+def test_existing_run_is_not_overwritten(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
+    before = (run / "last.pth").read_bytes()
+    message = cli_error(capsys, "train", *TINY, "--output", str(run))
     assert "already holds a run" in message and "--resume" in message
-    assert (trained_run / "last.pth").read_bytes() == before
+    assert (run / "last.pth").read_bytes() == before
 
 
-def test_resume_with_a_changed_model_config(trained_run, capsys):
-    before = (trained_run / "last.pth").read_bytes()
-    metrics = (trained_run / "metrics.csv").read_text()
+def test_resume_with_a_changed_model_config(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
+    before = (run / "last.pth").read_bytes()
+    metrics = (run / "metrics.csv").read_text()
     message = cli_error(capsys, "train", *TINY, "--model", "deit_nano_patch4_32", "--epochs", "3",
-                        "--output", str(trained_run), "--resume")
+                        "--output", str(run), "--resume")
     assert "cannot resume with a changed model configuration" in message and "deit_nano_patch4_32" in message
-    assert (trained_run / "last.pth").read_bytes() == before
-    assert (trained_run / "metrics.csv").read_text() == metrics
+    assert (run / "last.pth").read_bytes() == before
+    assert (run / "metrics.csv").read_text() == metrics
 
 
 # --- 6. prediction inputs --------------------------------------------------------------------

@@ -19,7 +19,9 @@ def _fashion_available() -> bool:
 @pytest.mark.skipif(not _fashion_available(),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_demo_pipeline_on_a_tiny_schedule(tmp_path, monkeypatch, capsys):
-    tiny = demo.Schedule("tiny (test)", 512, 1, 1, dict(demo.LIGHT, warmup_epochs=0, eval_interval=1000))
+    # 256 training and 512 test images a run: every stage, seconds instead of a minute
+    tiny = demo.Schedule("tiny (test)", 256, 1, 1, dict(demo.LIGHT, warmup_epochs=0, eval_interval=1000,
+                                                        val_subset=512))
     monkeypatch.setattr(demo, "QUICK", tiny)
     results = demo.run_demo(output=tmp_path, progress=False)
     out = capsys.readouterr().out

@@ -50,7 +50,8 @@ NOT_RUN |= {
     "https://dl.fbaipublicfiles.com/deit/deit_small_distilled_patch16_224-649709d9.pth",
     "sha256sum deit_small_distilled_patch16_224-649709d9.pth",
 }
-SHORT_TRAIN = ["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "64", "--val-subset", "64", "--batch-size", "16",
+# two steps of 16 images and 32 validation images: every stage of a run, in seconds
+SHORT_TRAIN = ["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "32", "--val-subset", "32", "--batch-size", "16",
                "--no-progress",
                "--mixup", "0", "--cutmix", "0", "--auto-augment", "none", "--repeated-aug", "1", "--no-model-ema"]
 SHORT_BENCHMARK = ["--model", "deit_pico_distilled_patch4_32", "--train-model", "deit_pico_distilled_patch4_32",
@@ -135,7 +136,7 @@ def run_command(command: str, cwd: Path, monkeypatch) -> None:
         if words[1:2] == ["demo"] and "--smoke" not in words:
             from deit import demo
 
-            tiny = demo.Schedule("tiny (docs test)", 256, 1, 1, dict(demo.LIGHT, warmup_epochs=0))
+            tiny = demo.Schedule("tiny (docs test)", 256, 1, 1, dict(demo.LIGHT, warmup_epochs=0, val_subset=256))
             monkeypatch.setattr(demo, "QUICK", tiny)
             words += ["--output", "runs/demo", "--no-progress"]
         code = main(_deit_argv(words))

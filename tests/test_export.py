@@ -102,14 +102,9 @@ def test_numpy_preprocessing_equals_the_library_transform(mode, size, image_size
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    argv = ["train", "--dataset", "digits", "--image-size", "16", "--model", "deit_pico_distilled_patch4_32",
-            "--epochs", "2", "--warmup-epochs", "0", "--train-subset", "256", "--no-progress", "--no-model-ema",
-            "--lr", "5e-3", "--mixup", "0", "--cutmix", "0", "--auto-augment", "none", "--reprob", "0",
-            "--output", str(out)]
-    assert main(argv) == 0
-    return out / "last.pth"
+def trained_checkpoint(trained_run) -> Path:
+    """The last checkpoint of the session's trained DeiT⚗ run on digits (tests/conftest.py)."""
+    return trained_run / "last.pth"
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,18 @@
-"""Configuration fuzzing (issue 5, item 5): property-based tests with hypothesis.
+"""Configuration fuzzing: property-based tests with hypothesis.
 
-Every generated configuration — valid, out of range, of the wrong type — either builds and
-runs (a forward and backward pass for a model; validation for a train config) or raises a
-``ValueError`` with a message. Any other exception type is a bug: a user would meet it as a
-deep traceback instead of a sentence naming the parameter.
+Each generated configuration is first judged by a reference written here from the
+documented ranges (the ``ViT`` docstring; ``TrainConfig``'s field comments and ``deit train
+--help``), independently of the library's own checks. A configuration the reference finds
+valid must build and run (a forward and backward pass for a model; loading with every value
+kept for a train config) without any exception; an invalid one must raise a ``ValueError``
+whose message names an argument the reference found out of range. Any other outcome is a
+bug: a constructor that rejects valid settings, accepts bad ones, or fails with a deep
+traceback instead of a sentence naming the parameter.
 """
 from __future__ import annotations
 
+import math
+import re
 import warnings
 
 import pytest
@@ -18,6 +24,7 @@ from deit.config import TrainConfig, load_config
 from deit.models import DeiT, ViT
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+VALID = settings(FUZZ, max_examples=40)
 
 _junk = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(allow_nan=True), st.lists(st.integers(),
                                                                                                     max_size=2))
@@ -34,6 +41,53 @@ def _small_int(low: int, high: int) -> st.SearchStrategy:
 
 def _rate() -> st.SearchStrategy:
     return _sometimes_junk(st.one_of(st.just(0.0), st.floats(-0.5, 1.5)))
+
+
+# --- the reference: which arguments are out of their documented range ------------------
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in(value: object, low: float, high: float, *, open_high: bool = False) -> bool:
+    return _is_number(value) and low <= value and (value < high if open_high else value <= high)
+
+
+def model_problems(config: dict, distilled: bool, logits: object) -> set[str]:
+    """Names of the arguments outside the ranges of the ``ViT`` / ``DeiT`` docstrings."""
+    bad = set()
+    if not (_is_int(config["num_classes"]) and config["num_classes"] >= 0):
+        bad.add("num_classes")
+    for name in ("d_model", "image_size", "patch_size", "encoder_mlp_d", "encoder_num_heads", "num_encoder_blocks",
+                 "in_channels"):
+        if not (_is_int(config[name]) and config[name] > 0):
+            bad.add(name)
+    mlp = config.get("classifier_mlp_d")
+    if mlp is not None and not (_is_int(mlp) and mlp > 0):
+        bad.add("classifier_mlp_d")
+    for whole, part in (("image_size", "patch_size"), ("d_model", "encoder_num_heads")):
+        if not {whole, part} & bad and config[whole] % config[part]:
+            bad |= {whole, part}
+    for name in ("dropout", "encoder_dropout", "encoder_attention_dropout", "stochastic_depth_mp"):
+        if not _in(config.get(name, 0.0), 0.0, 1.0, open_high=True):
+            bad.add(name)
+    if config.get("patchify_technique", "convolutional") not in ("linear", "convolutional"):
+        bad.add("patchify_technique")
+    depth = config.get("stochastic_depth", False)
+    if not isinstance(depth, bool):
+        bad.add("stochastic_depth")
+    elif not depth and "stochastic_depth_mp" not in bad and config.get("stochastic_depth_mp", 0.0) > 0:
+        bad.add("stochastic_depth_mp")  # a drop rate without stochastic depth has no effect
+    scale = config.get("layer_scale")
+    if scale is not None and not (_is_number(scale) and scale > 0):
+        bad.add("layer_scale")
+    if distilled and logits not in ("classification", "distillation", "fusion"):
+        bad.add("return_logits_type")
+    return bad
 
 
 MODEL_KWARGS = st.fixed_dictionaries({}, optional={
@@ -54,6 +108,7 @@ MODEL_KWARGS = st.fixed_dictionaries({}, optional={
     "layer_scale": st.one_of(st.none(), _sometimes_junk(st.floats(-1.0, 1.0))),
     "in_channels": _small_int(-1, 4),
 })
+LOGITS = _sometimes_junk(st.sampled_from(["classification", "distillation", "fusion", "both"]))
 
 
 @st.composite
@@ -87,31 +142,109 @@ SMALL = dict(num_classes=5, d_model=16, image_size=8, patch_size=4, encoder_mlp_
              num_encoder_blocks=1, in_channels=3)
 
 
-def _forward_backward(model: torch.nn.Module, distilled: bool) -> None:
-    x = torch.randn(2, model.in_channels, model.image_size, model.image_size, requires_grad=True)
+def _build(config: dict, distilled: bool, logits: object) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DeiT warns that classifier_mlp_d is ignored
+        return DeiT(return_logits_type=logits, **config) if distilled else ViT(**config)
+
+
+def _forward_backward(model: torch.nn.Module, config: dict, distilled: bool) -> None:
+    """A training step's forward and backward: every head has the drawn shape and the input
+    gets a finite gradient."""
+    size, channels, classes = config["image_size"], config["in_channels"], config["num_classes"]
+    x = torch.randn(2, channels, size, size, requires_grad=True)  # (B, C, H, W)
     model.train()
     out = model(x)
-    student = out[0] if distilled else out
+    student = out[0] if distilled else out  # a distilled model returns (heads, teacher output)
     parts = student if isinstance(student, tuple) else (student,)
-    loss = sum(part.float().sum() for part in parts)
-    loss.backward()
+    assert len(parts) == (2 if distilled else 1)
+    width = classes if classes else config["d_model"]  # 0 classes: the pooled features
+    assert all(part.shape == (2, width) for part in parts), [part.shape for part in parts]
+    sum(part.float().sum() for part in parts).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    assert all(part.shape == (2, model.num_classes) if model.num_classes else part.shape[0] == 2 for part in parts)
+
+
+@VALID
+@given(kwargs=valid_model_kwargs(), distilled=st.booleans(),
+       logits=st.sampled_from(["classification", "distillation", "fusion"]))
+def test_valid_model_configurations_build_and_run(kwargs, distilled, logits):
+    config = {**SMALL, **kwargs}
+    assert not model_problems(config, distilled, logits)  # the strategy stays inside the documented ranges
+    _forward_backward(_build(config, distilled, logits), config, distilled)
 
 
 @FUZZ
-@given(kwargs=st.one_of(MODEL_KWARGS, valid_model_kwargs()), distilled=st.booleans(),
-       logits=_sometimes_junk(st.sampled_from(["classification", "distillation", "fusion", "both"])))
-def test_model_constructor_builds_and_runs_or_raises_value_error(kwargs, distilled, logits):
+@given(kwargs=MODEL_KWARGS, distilled=st.booleans(), logits=LOGITS)
+def test_model_constructor_builds_valid_and_names_invalid_arguments(kwargs, distilled, logits):
     config = {**SMALL, **kwargs}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DeiT warns that classifier_mlp_d is ignored
-        try:
-            model = DeiT(return_logits_type=logits, **config) if distilled else ViT(**config)
-        except ValueError as err:
-            assert str(err), "a ValueError without a message"
-            return
-    _forward_backward(model, distilled)
+    bad = model_problems(config, distilled, logits)
+    if not bad:
+        _forward_backward(_build(config, distilled, logits), config, distilled)
+        return
+    with pytest.raises(ValueError) as raised:
+        _build(config, distilled, logits)
+    message = str(raised.value)
+    assert any(re.search(rf"\b{name}=", message) for name in bad), (sorted(bad), message)
+
+
+def test_the_model_fuzzer_draws_both_outcomes():
+    """The mixed strategy is not all valid or all invalid (the property above would then
+    test one side only)."""
+    seen = set()
+
+    @settings(FUZZ, database=None)
+    @given(kwargs=MODEL_KWARGS, distilled=st.booleans(), logits=LOGITS)
+    def collect(kwargs, distilled, logits):
+        seen.add(bool(model_problems({**SMALL, **kwargs}, distilled, logits)))
+
+    collect()
+    assert seen == {True, False}
+
+
+# --- the train config ------------------------------------------------------------------------
+
+_DEFAULTS = TrainConfig()
+
+
+def train_problems(fields: dict) -> set[str]:
+    """Names of the fields outside the ranges of ``deit train --help`` (with the defaults
+    for the fields not drawn)."""
+    def get(name: str) -> object:
+        return fields.get(name, getattr(_DEFAULTS, name))
+
+    bad = set()
+    for name in ("epochs", "batch_size", "accum_steps", "repeated_aug"):
+        if not (_is_int(get(name)) and get(name) > 0):
+            bad.add(name)
+    for name in ("warmup_epochs", "num_workers"):
+        if not (_is_int(get(name)) and get(name) >= 0):
+            bad.add(name)
+    if not (_in(get("lr"), 0.0, 10.0) and get("lr") > 0):
+        bad.add("lr")
+    for name, low, high in (("min_lr", 0, 10), ("weight_decay", 0, 10), ("mixup", 0, 100), ("cutmix", 0, 100),
+                            ("mixup_prob", 0, 1), ("smoothing", 0, 1), ("reprob", 0, 1), ("drop_path", 0, 1),
+                            ("model_ema_decay", 0, 1)):
+        if not _in(get(name), low, high):
+            bad.add(name)
+    for name, low, high in (("clip_grad", 1e-12, 1e12), ("distillation_alpha", 0, 1), ("distillation_tau", 1e-6, 1e6)):
+        if get(name) is not None and not _in(get(name), low, high):
+            bad.add(name)
+    scale = get("scale")
+    if not (isinstance(scale, (tuple, list)) and len(scale) == 2 and all(_is_number(s) for s in scale)
+            and 0 < scale[0] <= scale[1] <= 1):
+        bad.add("scale")
+    for name, allowed in (("distillation_type", ("none", "soft", "hard")), ("kl_reduction", ("batchmean", "official")),
+                          ("bad_images", ("fail", "skip"))):
+        if not isinstance(get(name), str) or get(name) not in allowed:
+            bad.add(name)
+    if "distillation_type" not in bad and get("distillation_type") != "none" and not get("teacher_model"):
+        bad.add("distillation_type")  # distillation needs a teacher (paper §4)
+    device = get("device")
+    if not (isinstance(device, str) and (device in ("auto", "cpu") or device.startswith("cuda"))):
+        bad.add("device")
+    if not (isinstance(get("model"), str) and get("model")):
+        bad.add("model")
+    return bad
 
 
 TRAIN_FIELDS = st.fixed_dictionaries({}, optional={
@@ -157,21 +290,38 @@ def valid_train_fields(draw) -> dict:
     }
 
 
-@FUZZ
-@given(fields=st.one_of(TRAIN_FIELDS, valid_train_fields()))
-def test_train_config_validates_or_raises_value_error(fields):
-    """The train config (as from YAML or flags) is either valid or a ValueError naming the field."""
-    try:
-        config = load_config(None, fields)
-    except ValueError as err:
-        message = str(err)
-        assert message
-        assert any(name in message for name in fields) or "unknown" in message, message
-        return
+def _assert_loads_as_given(fields: dict) -> None:
+    config = load_config(None, fields)
     assert isinstance(config, TrainConfig)
     for name, value in fields.items():
         got = getattr(config, name)
-        assert got == value or (isinstance(value, tuple) and tuple(got) == value) or value != value, name
+        same = got == value or (isinstance(value, (tuple, list)) and tuple(got) == tuple(value))
+        assert same or (isinstance(value, float) and math.isnan(value)), (name, value, got)
+
+
+@VALID
+@given(fields=valid_train_fields())
+def test_valid_train_configs_load(fields):
+    assert not train_problems(fields)
+    _assert_loads_as_given(fields)
+
+
+@FUZZ
+@given(fields=TRAIN_FIELDS)
+def test_train_config_loads_valid_and_names_invalid_fields(fields):
+    """The train config (as from YAML or flags) loads with every value kept, or raises a
+    ValueError naming a field that is out of range, with its flag."""
+    bad = train_problems(fields)
+    if not bad:
+        _assert_loads_as_given(fields)
+        return
+    with pytest.raises(ValueError) as raised:
+        load_config(None, fields)
+    message = str(raised.value)
+    named = [name for name in bad if re.search(rf"\b{name}(=| may not be empty)", message)]
+    assert named, (sorted(bad), message)
+    if re.search(rf"\b{named[0]}=", message):  # a value that was read: the flag that sets it is named too
+        assert f"--{named[0].replace('_', '-')}" in message, message
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 2.5}, {"lr": "fast"}, {"scale": [0.5]}, {"batch_size": True}])
