@@ -341,7 +341,8 @@ def _check_types(values: dict[str, Any], source: str) -> None:
         base, optional = _unwrap_optional(field_types()[name])
         if value is None:
             if not optional:
-                raise ConfigError(f"{source}: {name} may not be empty (null)")
+                raise ConfigError(f"{source}: {name} may not be empty (null); set it by {flag(name)}, or "
+                                  f"{name}: in a --config file")
             continue
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
