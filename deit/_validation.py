@@ -11,19 +11,20 @@ from typing import Iterable, Iterator
 
 from deit.errors import ConfigError
 
-_in_training_step: contextvars.ContextVar[bool] = contextvars.ContextVar("deit_in_training_step", default=False)
+_in_engine_loop: contextvars.ContextVar[bool] = contextvars.ContextVar("deit_in_engine_loop", default=False)
 
 
 @contextlib.contextmanager
-def training_step() -> Iterator[None]:
-    """Marks a training step's forward passes (student and teacher): on CUDA the models
-    skip their NaN/Inf input scan there, because it would synchronise the device on every
-    step, and the engine stops on a non-finite loss before any update anyway."""
-    token = _in_training_step.set(True)
+def engine_loop() -> Iterator[None]:
+    """Marks the forward passes of the engine's training and evaluation loops (student and
+    teacher): on CUDA the models skip their NaN/Inf input scan there, because it would
+    synchronise the device on every batch; batches come from the data pipeline, and
+    training stops on a non-finite loss before any update anyway."""
+    token = _in_engine_loop.set(True)
     try:
         yield
     finally:
-        _in_training_step.reset(token)
+        _in_engine_loop.reset(token)
 
 
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
@@ -66,9 +67,8 @@ def check_image_values(x) -> None:
 
     Skipped while tracing, exporting or compiling (symbolic tensors: the check is for data,
     not graphs) and on meta tensors. On CUDA the NaN/Inf scan is skipped when gradients are
-    on or inside :func:`training_step` (the teacher's no-grad forward): it would synchronise
-    the device on every training step, and the engine stops on a non-finite loss before any
-    update anyway.
+    on or inside :func:`engine_loop` (the engine's loops, also their no-grad forwards): it
+    would synchronise the device on every batch.
     """
     import torch
 
@@ -80,7 +80,7 @@ def check_image_values(x) -> None:
     if not x.is_floating_point():
         raise ConfigError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert with "
                           "x.float() and normalise as the model's data config says")
-    if x.device.type != "cuda" or not (torch.is_grad_enabled() or _in_training_step.get()):
+    if x.device.type != "cuda" or not (torch.is_grad_enabled() or _in_engine_loop.get()):
         _check_finite(x)
 
 

@@ -53,7 +53,7 @@ from deit import distributed, runtime
 from deit.checkpoint import adapt_state_dict
 from deit.errors import ConfigError
 from deit.factory import create_model
-from deit.fileio import atomic_write
+from deit.fileio import write_text_atomic
 from deit.flops import count_flops
 from deit.losses import DistillationLoss
 from deit.optim import build_optimizer
@@ -535,5 +535,5 @@ def write_json(report: BenchmarkReport, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report.to_dict(), indent=2, default=str)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_text_atomic(path, text + "\n")
     return path

@@ -1,4 +1,4 @@
-"""Reading, adapting, saving and converting weights.
+"""Reading weights of any supported layout and loading them into a model.
 
 Foreign checkpoints are adapted at load time by :func:`adapt_state_dict` — a filter
 function in timm's manner — and never by the model. Accepted inputs:
@@ -16,8 +16,8 @@ function in timm's manner — and never by the model. Accepted inputs:
 A foreign file's architecture is read off its raw tensor shapes before any adaptation
 (:mod:`deit.checkpoint_infer`), so guessing never resamples. Every read goes through
 safetensors or ``torch.load(weights_only=True)``: a checkpoint can never execute code on
-load. Format version 2 of this library's files adds ``data_config``, ``classes`` and
-``class_ids`` beside the weights; version-1 files load as before.
+load (:mod:`deit.checkpoint_io`, which also writes this library's files; building a model
+from a file is :mod:`deit.factory`'s).
 """
 from __future__ import annotations
 

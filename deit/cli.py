@@ -16,11 +16,12 @@ from typing import Sequence
 import torch
 
 from deit.checkpoint import save_model
-from deit.config import add_config_arguments, load_config, overrides_from_args
+from deit.config import BAD_IMAGE_POLICIES, add_config_arguments, load_config, overrides_from_args
 from deit.errors import ConfigError, DeitError
 from deit.factory import build_from_checkpoint, convert_checkpoint, create_model
 from deit.flops import count_flops
 from deit.models.deit import DeiT
+from deit.models.pretrained import INTERPOLATIONS
 from deit.models.registry import list_models
 
 
@@ -181,7 +182,7 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-pct", type=float, help="centre-crop fraction: the shorter side is resized to "
                                                   "image_size / crop_pct, then cropped (timm's DeiT configurations: "
                                                   "0.9 at 224, 1.0 at 384; the official main.py evaluates with 0.875)")
-    g.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"],
+    g.add_argument("--interpolation", choices=INTERPOLATIONS,
                    help="resize filter")
 
 
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", help="folder for confusion_matrix.png and eval.json (default: beside the checkpoint)")
-    p.add_argument("--bad-images", default="fail", choices=["fail", "skip"],
+    p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_POLICIES,
                    help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning")
     add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_eval)

@@ -19,6 +19,7 @@ import yaml
 
 from deit._validation import check_choice
 from deit.errors import ConfigError
+from deit.fileio import write_text_atomic
 from deit.losses import DISTILLATION_TYPES, KL_REDUCTIONS
 
 
@@ -168,17 +169,19 @@ class TrainConfig:
         return data
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----
 
+BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "distillation_type": DISTILLATION_TYPES,
     "kl_reduction": KL_REDUCTIONS,
-    "bad_images": ("fail", "skip"),
+    "bad_images": BAD_IMAGE_POLICIES,
     "amp_dtype": ("bfloat16", "float16"),
 }
 """Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""

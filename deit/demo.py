@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deit.config import load_config
+from deit.fileio import write_text_atomic
 from deit.train import TrainResult, train
 
 logger = logging.getLogger("deit")
@@ -79,7 +80,7 @@ def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str
     wall = time.perf_counter() - start
     report = f"{table}\n\n{schedule.describe()}; total wall time {wall / 60:.1f} min.\n" \
              f"Run directory: {out.resolve()} (checkpoints, metrics.csv, curves.png per model)"
-    (out / "results.md").write_text(report + "\n")
+    write_text_atomic(out / "results.md", report + "\n")
     print("\n" + report, flush=True)
     return results
 

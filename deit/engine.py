@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deit import distributed
-from deit._validation import training_step
+from deit._validation import engine_loop
 from deit.errors import DeitError
 from deit.losses import DistillationLoss
 from deit.models.deit import DeiT
@@ -114,7 +114,7 @@ def train_one_epoch(
         last_micro_step = (step + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with amp.autocast(device), training_step():
+            with amp.autocast(device), engine_loop():
                 student_out, teacher_out = _split_outputs(model, model(images))
                 terms = criterion.compute(images, student_out, targets, teacher_outputs=teacher_out)
             pending.append(torch.stack([t.detach().float() for t in terms]))  # (3,): total, base, distillation
@@ -211,7 +211,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with amp.autocast(device):
+        with amp.autocast(device), engine_loop():
             if two_heads:
                 cls_logits, dist_logits = net.forward_heads(net.forward_features(images))
                 fused = (cls_logits.float() + dist_logits.float()) / 2  # (B, K)

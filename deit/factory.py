@@ -123,13 +123,6 @@ def _check_hf_config_shapes(arch: Any, hf_args: Mapping[str, Any]) -> None:
                               f"the width {arch.width}")
 
 
-def infer_model_name(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None
-                     ) -> tuple[str, dict[str, Any]]:
-    """``(name, overrides)`` of :func:`infer_architecture_overrides`."""
-    name, overrides, _ = infer_architecture_overrides(state_dict, hf_config)
-    return name, overrides
-
-
 def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """``num_classes`` / ``in_channels`` read off a timm-layout state dict, where present."""
     found: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from deit.data.decode import decoded_batches
 from deit.engine import evaluate
 from deit.errors import ConfigError
 from deit.factory import build_from_checkpoint
+from deit.fileio import atomic_write, write_text_atomic
 from deit.models.deit import DeiT
 from deit.preprocessing import resolve_labels, resolve_preprocessing, variant_config
 
@@ -99,7 +100,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 
@@ -153,8 +154,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     png = plot_confusion_matrix(matrix, classes, out_dir / f"{stem}-confusion_matrix.png",
                                 title=f"{Path(path).name} on {dataset}")
     json_path = out_dir / f"{stem}-eval.json"
-    json_path.write_text(json.dumps({"checkpoint": str(path), "dataset": dataset, "metrics": metrics,
-                                     "confusion_matrix": matrix.tolist(), "classes": classes}, indent=2))
+    write_text_atomic(json_path, json.dumps({"checkpoint": str(path), "dataset": dataset, "metrics": metrics,
+                                            "confusion_matrix": matrix.tolist(), "classes": classes}, indent=2))
     # a DeiT whose return_logits_type picks one head (a plain HF DeiT) reports that head as its output
     heads = (["cls", "dist", "fusion" if model.return_logits_type == "fusion" else "model"]
              if isinstance(model, DeiT) else ["model"])

@@ -36,7 +36,7 @@ from torch import nn
 
 from deit.data.transforms import CROP_MODES
 from deit.errors import ConfigError
-from deit.models.pretrained import class_names
+from deit.models.pretrained import INTERPOLATIONS, class_names, stats_for_channels
 from deit.models.registry import get_pretrained_cfg
 
 __all__ = ["FALLBACK", "OVERRIDE_FLAGS", "PREPROCESSING_KEYS", "check_overrides", "resolve_labels",
@@ -45,7 +45,7 @@ __all__ = ["FALLBACK", "OVERRIDE_FLAGS", "PREPROCESSING_KEYS", "check_overrides"
 logger = logging.getLogger(__name__)
 
 PREPROCESSING_KEYS = ("image_size", "in_channels", "mean", "std", "crop_pct", "interpolation", "crop_mode")
-EVAL_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL filters (HF resample)
+EVAL_INTERPOLATIONS = INTERPOLATIONS  # PIL filters (HF resample); never random at evaluation
 # timm/data/constants.py IMAGENET_DEFAULT_MEAN / _STD and DEFAULT_CROP_PCT, the values
 # timm's resolve_data_config gives a model that has no pretrained configuration
 FALLBACK = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875,
@@ -156,8 +156,8 @@ def resolve_preprocessing(model: nn.Module, data_config: Mapping[str, Any] | Non
             if key in OVERRIDE_FLAGS:
                 guessed.append(key)
         resolved[key] = found
-    resolved["mean"] = _per_channel(resolved["mean"], in_channels)
-    resolved["std"] = _per_channel(resolved["std"], in_channels)
+    resolved["mean"] = list(stats_for_channels(resolved["mean"], in_channels))
+    resolved["std"] = list(stats_for_channels(resolved["std"], in_channels))
     resolved["crop_pct"] = float(resolved["crop_pct"])
     if guessed:
         name = getattr(model, "model_name", None) or type(model).__name__
@@ -167,17 +167,6 @@ def resolve_preprocessing(model: nn.Module, data_config: Mapping[str, Any] | Non
                        "variant: using %s %s; if the weights were trained otherwise, pass %s", source, name,
                        getattr(model, "num_classes", 0), image_size, fallback_name, shown, flags)
     return resolved
-
-
-def _per_channel(values: Any, channels: int) -> list[float]:
-    """Statistics for ``channels``: grey stats replicated for RGB input, RGB stats averaged
-    for grey input (as :func:`deit.data.transforms.stats_for_channels`)."""
-    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    return [sum(values) / len(values)] * channels
 
 
 def resolve_labels(model: nn.Module, classes: Sequence[Any] | None = None, class_ids: Sequence[Any] | None = None

@@ -101,7 +101,6 @@ def tune_cpu_allocator(enabled: bool | None = None) -> bool:
         return True
     if not (allocator_tuning_requested() if enabled is None else enabled):
         return False
-    _applied = False
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:  # not glibc (musl, macOS)
         return False

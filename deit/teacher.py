@@ -49,6 +49,7 @@ from deit.checkpoint import (
 )
 from deit.errors import ConfigError
 from deit.hub import default_checkpoint_dir
+from deit.models.pretrained import stats_for_channels
 from deit.models.registry import build_model, check_model_name, get_pretrained_cfg, model_family
 from deit.models.teacher_output import TeacherInputNorm, same_statistics
 
@@ -289,7 +290,7 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     if spec.mean is not None:
         mean, std = spec.mean, spec.std
     else:  # unknown: the student's pipeline, carried over to the teacher's channels
-        mean, std = _carry_over(student_mean, channels), _carry_over(student_std, channels)
+        mean, std = stats_for_channels(student_mean, channels), stats_for_channels(student_std, channels)
     if channels == in_channels and same_statistics(student_mean, student_std, mean, std):
         return teacher
     logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s std %s "
@@ -298,11 +299,3 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     wrapped = TeacherInputNorm(teacher, student_mean=student_mean, student_std=student_std, teacher_mean=mean,
                                teacher_std=std)
     return wrapped.eval().requires_grad_(False)
-
-
-def _carry_over(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
-    """Statistics for another channel count: grey replicated, RGB averaged
-    (``deit.data.transforms.stats_for_channels``'s rule)."""
-    if len(values) == channels:
-        return values
-    return (values[0],) * channels if len(values) == 1 else (sum(values) / len(values),) * channels

@@ -76,13 +76,13 @@ def test_official_small_distilled_224_full_depth_is_recognised(tmp_path):
 def test_every_registered_variant_is_told_apart_by_its_shapes():
     """No two registered variants share their shapes: each one's own state dict (meta
     device) infers back to its name with no override."""
-    from deit.factory import infer_model_name
+    from deit.factory import infer_architecture_overrides
     from deit.models import list_models
 
     for name in list_models():
         with torch.device("meta"):
             state_dict = create_model(name).state_dict()
-        assert infer_model_name(state_dict) == (name, {})
+        assert infer_architecture_overrides(state_dict)[:2] == (name, {})
 
 
 def test_an_unregistered_image_size_is_an_override_not_a_resample(tmp_path):

@@ -41,8 +41,8 @@ class SyncCounter:
     optimizer or timm, which keep their bookkeeping tensors on the host).
 
     The models' NaN/Inf scan of their input batch (``deit._validation.check_image_values``)
-    is not counted: it belongs to the model's input contract, and that function's docstring
-    says when it runs on CUDA.
+    is not counted: on a CPU it synchronises nothing, and on CUDA the engine's loops skip it
+    (``engine_loop``, tested at the end of this file).
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,9 +162,9 @@ def test_evaluation_reads_the_device_once_per_pass(monkeypatch):
     assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(fused, targets).item(), rel=1e-5)
 
 
-def test_cuda_teacher_forward_inside_a_training_step_skips_the_input_scan(monkeypatch):
-    """The teacher runs without gradients, so only the training-step marker keeps its
-    NaN/Inf input scan (a device synchronisation on CUDA) out of the step."""
+def test_cuda_forwards_inside_the_engine_loops_skip_the_input_scan(monkeypatch):
+    """The teacher and evaluation run without gradients, so only the loop marker keeps their
+    NaN/Inf input scan (a device synchronisation on CUDA) out of the loops."""
     from deit import _validation
 
     class CudaBatch:  # what check_image_values looks at, without a GPU
@@ -179,9 +179,9 @@ def test_cuda_teacher_forward_inside_a_training_step_skips_the_input_scan(monkey
     batch = CudaBatch()
     with torch.no_grad():
         _validation.check_image_values(batch)  # inference: scanned
-        with _validation.training_step():
-            _validation.check_image_values(batch)  # teacher inside a step: not scanned
+        with _validation.engine_loop():
+            _validation.check_image_values(batch)  # inside a training or evaluation loop: not scanned
     cpu = torch.zeros(2, 3, 4, 4)
-    with _validation.training_step():
+    with _validation.engine_loop():
         _validation.check_image_values(cpu)  # on CPU the scan costs no synchronisation: always done
     assert scanned == [batch, cpu]

@@ -36,6 +36,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from deit._validation import check_choice
+from deit.config import BAD_IMAGE_POLICIES
 from deit.data.decode import load_image, stored_channels
 from deit.errors import ConfigError, DeitError
 
@@ -163,7 +164,6 @@ class ArrayImageDataset(Dataset):
                 f"classes={len(self.classes)}, transform={self.transform!r})")
 
 
-BAD_IMAGE_POLICIES = ("fail", "skip")
 
 
 class FolderDataset(ImageFolder):

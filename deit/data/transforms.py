@@ -27,10 +27,12 @@ from torchvision import transforms as T
 from deit._validation import check_choice, check_positive_int
 from deit.data.decode import load_image  # every file is decoded there (EXIF, bit depth, channels)
 from deit.errors import ConfigError
+from deit.models.pretrained import INTERPOLATIONS as PIL_INTERPOLATIONS
+from deit.models.pretrained import stats_for_channels  # noqa: F401 (part of deit.data's API)
 
 __all__ = ["CROP_MODES", "INTERPOLATIONS", "ConvertMode", "build_transform", "load_image"]
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")  # timm str_to_interp_mode
+INTERPOLATIONS = (*PIL_INTERPOLATIONS, "random")  # timm str_to_interp_mode; random only while training
 CROP_MODES = ("center", "squash", "border")  # timm transforms_imagenet_eval
 _MODES = {1: "L", 3: "RGB"}
 
@@ -91,17 +93,6 @@ def _check_stats(name: str, values: Sequence[float], in_channels: int) -> tuple[
 def _check_unit(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name}={value!r} is invalid; expected a probability in [0, 1]")
-
-
-def stats_for_channels(values, channels: int) -> tuple[float, ...]:
-    """Normalisation statistics for ``channels``: grey stats replicated for RGB input, RGB
-    stats averaged for grey input."""
-    values = tuple(float(v) for v in values)
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    return (sum(values) / len(values),) * channels
 
 
 def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: Sequence[float],

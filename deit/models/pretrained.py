@@ -26,6 +26,9 @@ from typing import Any
 
 from deit.errors import ConfigError
 
+# resize filters a configuration may name: PIL's (timm's str_to_interp_mode, HF's resample)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data.constants
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
@@ -197,3 +200,15 @@ def class_names(label_set: str) -> tuple[list[str], list[str]]:
         names, ids = _imagenet_1k()
         return list(names), list(ids)
     raise ConfigError(f"unknown label set {label_set!r}; expected one of {', '.join(LABEL_SETS)}")
+
+
+def stats_for_channels(values: Any, channels: int) -> tuple[float, ...]:
+    """Normalisation statistics (one value or one per channel) for ``channels`` input
+    channels: grey statistics replicated for RGB input, RGB statistics averaged for grey
+    input — what a model trained on one kind of image is fed when given the other."""
+    values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    return (sum(values) / len(values),) * channels
