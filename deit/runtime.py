@@ -36,7 +36,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # allocations up to 1 GiB come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1  # keep up to 2 GiB of freed heap for reuse
 TUNING_ENV = "DEIT_MALLOC_TUNING"
-TUNING_DEFAULT = True  # without DEIT_MALLOC_TUNING; decided by benchmarks/allocator_ab.py (benchmarks/README.md)
+TUNING_DEFAULT = False  # without DEIT_MALLOC_TUNING; decided by benchmarks/allocator_ab.py (benchmarks/README.md)
 
 _applied = False
 _bf16_fallback_reported = False
