@@ -51,7 +51,7 @@ from deit.errors import ConfigError
 from deit.hub import default_checkpoint_dir
 from deit.models.pretrained import stats_for_channels
 from deit.models.registry import build_model, check_model_name, get_pretrained_cfg, model_family
-from deit.models.teacher_output import TeacherInputNorm, same_statistics
+from deit.models.teacher_output import TeacherInputNorm, format_statistics, same_statistics
 
 logger = logging.getLogger("deit")
 
@@ -227,10 +227,6 @@ def resolve_teacher_input(resolved: str, *, student_channels: int, data_config: 
     return TeacherInput(channels)
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
 def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: int,
                  checkpoint: str | os.PathLike | None = None,
                  checkpoint_dir: str | os.PathLike | None = None,
@@ -293,9 +289,10 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
         mean, std = stats_for_channels(student_mean, channels), stats_for_channels(student_std, channels)
     if channels == in_channels and same_statistics(student_mean, student_std, mean, std):
         return teacher
+    fmt = format_statistics
     logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s std %s "
-                "(%d channel(s)): inputs re-normalised for the teacher", _fmt(mean), _fmt(std), spec.source,
-                channels, _fmt(student_mean), _fmt(student_std), in_channels)
+                "(%d channel(s)): inputs re-normalised for the teacher", fmt(mean), fmt(std), spec.source,
+                channels, fmt(student_mean), fmt(student_std), in_channels)
     wrapped = TeacherInputNorm(teacher, student_mean=student_mean, student_std=student_std, teacher_mean=mean,
                                teacher_std=std)
     return wrapped.eval().requires_grad_(False)

@@ -173,8 +173,13 @@ class TeacherInputNorm(nn.Module):
         return _eval_output(self.teacher, self.renormalise(x))
 
     def extra_repr(self) -> str:
-        def fmt(t: torch.Tensor) -> str:
-            return "[" + ", ".join(f"{v:.4g}" for v in t.flatten().tolist()) + "]"
-
+        fmt = format_statistics
         return (f"student mean {fmt(self.student_mean)} std {fmt(self.student_std)} -> teacher mean "
                 f"{fmt(self.teacher_mean)} std {fmt(self.teacher_std)}")
+
+
+def format_statistics(values: Sequence[float] | torch.Tensor) -> str:
+    """Per-channel statistics for messages: ``[0.485, 0.456, 0.406]``."""
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
