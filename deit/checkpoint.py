@@ -269,7 +269,8 @@ def adapt_patch_weight(value: torch.Tensor, target: torch.Tensor, kernel: int, n
 
 
 def _is_head_key(key: str) -> bool:
-    return key.startswith(("head.", "head_dist.")) and not key.startswith("head.norm.")
+    """A classifier key: ViT / DeiT ``head`` / ``head_dist``, ConvNeXt ``head.fc``, ResNet ``fc``."""
+    return key.startswith(("head.", "head_dist.", "fc.")) and not key.startswith("head.norm.")
 
 
 @dataclass
@@ -317,7 +318,7 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
             notes.append(f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} (bicubic, prefix rows kept)")
         elif key == "patch_embed.proj.weight":
             sd[key] = adapt_patch_weight(value, target[key], model.patch_embed.patch_size, notes)
-        elif key == "stem.0.weight":
+        elif key in ("stem.0.weight", "conv1.weight"):  # ConvNeXt's / ResNet's first convolution
             sd[key] = adapt_patch_weight(value, target[key], target[key].shape[-1], notes)
         elif value.numel() == target[key].numel() and re.search(r"mlp\.fc[12]\.weight$", key):
             sd[key] = value.reshape(want)  # 1x1 conv (O, I, 1, 1) <-> linear (O, I)

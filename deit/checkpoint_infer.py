@@ -18,6 +18,11 @@ What the shapes give (timm layout, see :func:`deit.checkpoint.to_timm_layout`):
   HF ``config.json``) or from the registered variants of the same width.
 * ConvNeXt: stem patch size and channels from ``stem.0.weight``, per-stage widths from
   the depthwise convolutions, depths by counting ``stages.i.blocks.j``.
+* ResNet (timm's keys, :mod:`deit.models.resnet`): stem width and channels from
+  ``conv1.weight``, per-stage widths from ``layerI.0.conv2``, depths by counting
+  ``layerI.J``, classes from ``fc.weight``. Only the small-image network (3x3 stem,
+  BasicBlocks) is this library's; timm's ImageNet stems and bottleneck blocks are refused
+  by name.
 """
 from __future__ import annotations
 
@@ -39,16 +44,21 @@ _VIT_ARGS = {"width": "d_model", "depth": "num_encoder_blocks", "heads": "encode
 # ... and of ConvNeXt (deit/models/convnext.py).
 _CONVNEXT_ARGS = {"depths": "depths", "dims": "dims", "stem_stride": "stem_stride",
                   "in_channels": "in_channels", "num_classes": "num_classes"}
+# ... and of ResNet (deit/models/resnet.py).
+_RESNET_ARGS = {"depths": "depths", "widths": "widths", "stem_width": "stem_width",
+                "in_channels": "in_channels", "num_classes": "num_classes"}
+_ARGS = {"vit": _VIT_ARGS, "convnext": _CONVNEXT_ARGS, "resnet": _RESNET_ARGS}
 # Fields that name an architecture; the others (size, channels, classes) are overrides.
-_VIT_CORE = ("distilled", "width", "depth", "heads", "patch_size")
-_CONVNEXT_CORE = ("depths", "dims", "stem_stride")
+_CORE = {"vit": ("distilled", "width", "depth", "heads", "patch_size"),
+         "convnext": ("depths", "dims", "stem_stride"),
+         "resnet": ("depths", "widths", "stem_width")}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Shapes of a ViT / DeiT or ConvNeXt weights file; ``heads=None``: not known."""
+    """Shapes of a ViT / DeiT, ConvNeXt or ResNet weights file; ``heads=None``: not known."""
 
-    family: str  # "vit" (ViT and DeiT) or "convnext"
+    family: str  # "vit" (ViT and DeiT), "convnext" or "resnet"
     num_classes: int
     in_channels: int
     distilled: bool = False
@@ -64,6 +74,8 @@ class Architecture:
     depths: tuple[int, ...] | None = None
     dims: tuple[int, ...] | None = None
     stem_stride: int | None = None
+    widths: tuple[int, ...] | None = None  # ResNet stage widths
+    stem_width: int | None = None
 
     @property
     def image_size(self) -> int | None:
@@ -74,6 +86,9 @@ class Architecture:
         if self.family == "convnext":
             parts = [f"ConvNeXt depths={list(self.depths)}", f"dims={list(self.dims)}",
                      f"stem_stride={self.stem_stride}"]
+        elif self.family == "resnet":
+            parts = [f"ResNet widths={list(self.widths)}", f"depths={list(self.depths)}",
+                     f"stem_width={self.stem_width}"]
         else:
             heads = self.heads if self.heads is not None else "unknown"
             parts = [("DeiT (distillation token)" if self.distilled else "ViT") + f" width={self.width}",
@@ -83,11 +98,12 @@ class Architecture:
         return ", ".join(parts)
 
 
-def _count_indexed(state_dict: Mapping[str, torch.Tensor], pattern: str, what: str) -> int:
-    """Number of consecutive indices ``N`` in keys matching ``pattern`` (one group)."""
+def _count_indexed(state_dict: Mapping[str, torch.Tensor], pattern: str, what: str, start: int = 0) -> int:
+    """Number of consecutive indices ``N`` (from ``start``) in keys matching ``pattern`` (one group)."""
     found = {int(m[1]) for key in state_dict if (m := re.match(pattern, key))}
-    if found and found != set(range(max(found) + 1)):
-        raise CheckpointError(f"{what} indices {sorted(found)} are not consecutive from 0: the file is incomplete")
+    if found and found != set(range(start, max(found) + 1)):
+        raise CheckpointError(f"{what} indices {sorted(found)} are not consecutive from {start}: the file is "
+                              "incomplete")
     return len(found)
 
 
@@ -102,18 +118,20 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], *, heads: int | N
         heads: attention heads when the caller knows them (an HF ``config.json``);
             otherwise left unknown.
     Raises:
-        CheckpointError: the layout is neither a ViT / DeiT nor a ConvNeXt, or its shapes
-            are inconsistent (e.g. a position embedding that is not a square grid).
+        CheckpointError: the layout is neither a ViT / DeiT, a ConvNeXt nor a ResNet, or its
+            shapes are inconsistent (e.g. a position embedding that is not a square grid).
     """
     if "patch_embed.proj.weight" in state_dict and "pos_embed" in state_dict:
         return _infer_vit(state_dict, heads)
     if "stem.0.weight" in state_dict:
         return _infer_convnext(state_dict)
+    if "layer1.0.conv1.weight" in state_dict:
+        return _infer_resnet(state_dict)
     shown = ", ".join(list(state_dict)[:6])
     raise CheckpointError(f"the weights match no registered model exactly: neither a ViT / DeiT "
-                          f"(patch_embed.proj.weight, pos_embed) nor a ConvNeXt (stem.0.weight) layout; first keys: "
-                          f"{shown}. Name the architecture (--model NAME, with --num-classes / --image-size if they "
-                          "differ)")
+                          f"(patch_embed.proj.weight, pos_embed), a ConvNeXt (stem.0.weight) nor a ResNet "
+                          f"(conv1.weight, layer1.0.conv1.weight) layout; first keys: {shown}. Name the architecture "
+                          "(--model NAME, with --num-classes / --image-size if they differ)")
 
 
 def _infer_vit(sd: Mapping[str, torch.Tensor], heads: int | None) -> Architecture:
@@ -166,6 +184,30 @@ def _infer_convnext(sd: Mapping[str, torch.Tensor]) -> Architecture:
                         layer_scale=any(k.endswith(".gamma") for k in sd))
 
 
+_TIMM_TEACHER = "load it as a teacher with --teacher-model timm:<name> (timm builds its own ResNets)"
+
+
+def _infer_resnet(sd: Mapping[str, torch.Tensor]) -> Architecture:
+    stem = sd.get("conv1.weight")  # (stem_width, C, 3, 3)
+    if stem is None or stem.ndim != 4:
+        raise CheckpointError("the ResNet has no single stem convolution conv1.weight (timm's deep stems are "
+                              "conv1.0 / conv1.3 / conv1.6): not this library's small-image ResNet (3x3 stem); "
+                              + _TIMM_TEACHER)
+    if tuple(stem.shape[-2:]) != (3, 3):
+        raise CheckpointError(f"conv1.weight {tuple(stem.shape)} is a {stem.shape[-2]}x{stem.shape[-1]} stem (timm's "
+                              "ImageNet ResNets: 7x7 stride 2 with max pooling), not the 3x3 stem of this library's "
+                              "small-image ResNet (He et al. 2016, §4.2); " + _TIMM_TEACHER)
+    if any(re.match(r"layer\d+\.\d+\.conv3\.", key) for key in sd):
+        raise CheckpointError("the ResNet has bottleneck blocks (layerI.J.conv3); this library's ResNet has "
+                              "BasicBlocks only; " + _TIMM_TEACHER)
+    num_stages = _count_indexed(sd, r"layer(\d+)\.", "ResNet stage (layerN)", start=1)
+    depths = tuple(_count_indexed(sd, rf"layer{i}\.(\d+)\.", f"layer{i} block") for i in range(1, num_stages + 1))
+    widths = tuple(int(sd[f"layer{i}.0.conv2.weight"].shape[0]) if f"layer{i}.0.conv2.weight" in sd else 0
+                   for i in range(1, num_stages + 1))
+    return Architecture(family="resnet", num_classes=_head_rows(sd, "fc.weight"), in_channels=int(stem.shape[1]),
+                        depths=depths, widths=widths, stem_width=int(stem.shape[0]))
+
+
 _REGISTERED: dict[tuple[str, ...], dict[str, Architecture]] = {}
 
 
@@ -190,9 +232,8 @@ def registered_architectures() -> dict[str, Architecture]:
 
 def _overrides(arch: Architecture, base: Architecture) -> dict[str, Any]:
     """Constructor arguments that turn the registered ``base`` into ``arch``'s shapes."""
-    args = _CONVNEXT_ARGS if arch.family == "convnext" else _VIT_ARGS
     out: dict[str, Any] = {}
-    for field_name, arg in args.items():
+    for field_name, arg in _ARGS[arch.family].items():
         want, have = getattr(arch, field_name), getattr(base, field_name)
         if want is not None and want != have:
             out[arg] = list(want) if isinstance(want, tuple) else want
@@ -206,18 +247,18 @@ def _overrides(arch: Architecture, base: Architecture) -> dict[str, Any]:
 def _same_core(arch: Architecture, other: Architecture) -> bool:
     if arch.family != other.family:
         return False
-    core = _CONVNEXT_CORE if arch.family == "convnext" else _VIT_CORE
-    return all(getattr(arch, f) is None or getattr(arch, f) == getattr(other, f) for f in core)
+    return all(getattr(arch, f) is None or getattr(arch, f) == getattr(other, f) for f in _CORE[arch.family])
 
 
 def match_registered(arch: Architecture) -> tuple[str, dict[str, Any], list[str]]:
     """The registered name and constructor overrides that build ``arch`` exactly.
 
     Exact match on the architecture (ViT/DeiT: distilled, width, depth, heads, patch;
-    ConvNeXt: depths, dims, stem stride); the image size decides between variants that
-    differ only there and is an override otherwise; channels, classes and MLP width are
-    overrides. Without an exact match the closest variant of the same family and width
-    is built with explicit overrides (said in the returned notes).
+    ConvNeXt: depths, dims, stem stride; ResNet: widths, depths, stem width); the image
+    size decides between variants that differ only there and is an override otherwise;
+    channels, classes and MLP width are overrides. Without an exact match the closest
+    variant of the same family and width is built with explicit overrides (said in the
+    returned notes).
 
     Returns ``(name, overrides, notes)``.
     Raises:
@@ -243,30 +284,38 @@ def match_registered(arch: Architecture) -> tuple[str, dict[str, Any], list[str]
 
 
 def _closest(arch: Architecture, registered: Mapping[str, Architecture]) -> tuple[str, Architecture]:
-    """Registered variant of the same family (ViT/DeiT: same distillation; ConvNeXt: same
-    stage widths) with the most fields equal. Without a known head count only variants
-    of the same width qualify, and the head count is theirs."""
+    """Registered variant of the same family (ViT/DeiT: same distillation; ConvNeXt and
+    ResNet: same stage widths) with the most fields equal. Without a known head count only
+    variants of the same width qualify, and the head count is theirs."""
     if arch.family == "convnext":
         pool = [n for n, r in registered.items() if r.family == "convnext" and r.dims == arch.dims]
         score_fields: tuple[str, ...] = ("depths", "stem_stride")
+    elif arch.family == "resnet":
+        pool = [n for n, r in registered.items() if r.family == "resnet" and r.widths == arch.widths]
+        score_fields = ("depths", "stem_width")
     else:
         pool = [n for n, r in registered.items() if r.family == "vit" and r.distilled == arch.distilled
                 and (arch.heads is not None or r.width == arch.width)]
         score_fields = ("width", "heads", "depth", "patch_size", "image_size", "mlp_width")
     if not pool:
-        why = ("no registered ConvNeXt has these stage widths" if arch.family == "convnext" else
-               "no registered variant has that width, so the number of attention heads cannot be derived")
+        why = {"convnext": "no registered ConvNeXt has these stage widths",
+               "resnet": "no registered ResNet has these stage widths"}.get(
+            arch.family, "no registered variant has that width, so the number of attention heads cannot be derived")
         raise CheckpointError(f"the weights match no registered model exactly (inferred: {arch.describe()}) and "
-                              f"{why}; build the model yourself (DeiT(...) / ViT(...) / ConvNeXt(...)) and load the "
-                              "file with load_pretrained")
+                              f"{why}; build the model yourself (DeiT(...) / ViT(...) / ConvNeXt(...) / ResNet(...)) "
+                              "and load the file with load_pretrained")
     if arch.family == "vit" and arch.heads is None and len({registered[n].heads for n in pool}) > 1:
         raise CheckpointError(f"the weights match no registered model exactly (inferred: {arch.describe()}); "
                               f"registered variants of width {arch.width} disagree on the number of heads: "
                               f"{', '.join(pool)}")
 
-    def score(name: str) -> tuple[int, str]:
+    def score(name: str) -> tuple[int, int, str]:
         reg = registered[name]
-        return (-sum(getattr(arch, f) == getattr(reg, f) for f in score_fields), name)
+        equal = sum(getattr(arch, f) == getattr(reg, f) for f in score_fields)
+        # convnets (same stage widths, so as many stages): then the nearest block counts
+        blocks_apart = (sum(abs(a - b) for a, b in zip(arch.depths, reg.depths))
+                        if arch.depths is not None and reg.depths is not None else 0)
+        return (-equal, blocks_apart, name)
 
     name = min(pool, key=score)
     if arch.family == "vit" and arch.heads is None:

@@ -1,7 +1,7 @@
 """The ``deit`` command line: one entry point for every task of the library.
 
-``demo`` (the README's main job), ``train`` (also under torchrun), ``eval``, ``predict``,
-``benchmark``, ``list-models``, ``info`` and ``convert``.
+``demo`` (the README's main job), ``train`` (also under torchrun), ``recipes``, ``eval``,
+``predict``, ``benchmark``, ``list-models``, ``info`` and ``convert``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from deit.checkpoint import save_model
-from deit.config import BAD_IMAGE_POLICIES, add_config_arguments, load_config, overrides_from_args
+from deit.config import (BAD_IMAGE_POLICIES, add_config_arguments, available_recipes, describe_recipe, load_config,
+                         overrides_from_args, recipe_summary)
 from deit.errors import ConfigError, DeitError
 from deit.factory import build_from_checkpoint, convert_checkpoint, create_model
 from deit.flops import count_flops
@@ -173,6 +174,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        print(describe_recipe(args.name), end="")
+        return 0
+    for name in available_recipes():
+        print(f"{name:12s} {recipe_summary(name)}")
+    print(f"{'(none)':12s} the paper's ImageNet recipe (Table 9), the defaults of deit train")
+    return 0
+
+
 def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
     """--mean/--std/--crop-pct/--interpolation: preprocessing of a file that records none."""
     g = p.add_argument_group("preprocessing (default: the checkpoint's own, else its variant's published one)")
@@ -326,13 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (with or without a teacher); torchrun-aware",
                        description="Train a model. Settings come from the defaults (the paper's recipe, Table 9 "
-                                   "of Touvron et al. 2021, and the official main.py), then --config FILE.yaml, then "
-                                   "these flags. Under torchrun it trains with DDP. The learning rate actually used "
-                                   "is --lr x effective batch / 512; the run prints it at the start.")
+                                   "of Touvron et al. 2021, and the official main.py), then --recipe NAME, then "
+                                   "--config FILE.yaml, then these flags. Under torchrun it trains with DDP. The "
+                                   "learning rate actually used is --lr x effective batch / 512; the run prints it "
+                                   "at the start.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags, with underscores; the run writes "
                                     "its resolved settings as <output>/config.yaml)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="list the training recipes shipped with deit (deit train --recipe NAME), "
+                                       "or print one's resolved settings as YAML for a --config file")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a recipe: print every setting it gives a run")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 per head, confusion matrix PNG")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train (or any weights file with "

@@ -5,10 +5,18 @@ Defaults are the paper's recipe (Table 9) and the official ``main.py``: AdamW, l
 512 images, weight decay 0.05, 5 warm-up epochs then cosine, label smoothing 0.1,
 stochastic depth 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, Mixup 0.8 /
 CutMix 1.0 with switch probability 0.5, repeated augmentation x3, EMA 0.99996.
+
+A recipe (``--recipe NAME``, or ``recipe: NAME`` in a --config file) is a YAML file of
+settings shipped in ``deit/recipes/`` for another regime than the paper's. Precedence:
+dataclass defaults < recipe < --config file < flags, so a recipe only moves the defaults.
+The recipe's distillation settings apply only to a run with a teacher
+(:data:`RECIPE_TEACHER_KEYS`).
 """
 from __future__ import annotations
 
+import importlib.resources
 import re
+import textwrap
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -50,6 +58,7 @@ class TrainConfig:
     num_workers: int = 0
     bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
     # --- optimisation --------------------------------------------------------------------
+    recipe: str | None = None  # deit/recipes/<name>.yaml, applied under --config and flags; None: the paper's
     epochs: int = 300
     batch_size: int = 64  # per process and per step; the effective batch multiplies in accum_steps
     accum_steps: int = 1
@@ -138,8 +147,10 @@ class TrainConfig:
         if (not isinstance(self.scale, (tuple, list)) or len(self.scale) != 2
                 or not 0 < self.scale[0] <= self.scale[1] <= 1):
             raise ConfigError(f"scale={self.scale!r} is invalid; expected two numbers 0 < min <= max <= 1")
+        check_recipe_name(self.recipe)  # its own message: None is allowed, and a file path is a --config
         for name, allowed in CHOICES.items():
-            check_choice(name, getattr(self, name), allowed)
+            if name != "recipe":
+                check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
             raise ConfigError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
                               "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
@@ -174,6 +185,92 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
+# --- recipes: package data, read through importlib.resources so they work from a wheel ----
+
+RECIPE_TEACHER_KEYS = ("distillation_type", "distillation_alpha", "distillation_tau")
+"""Recipe settings that apply only to a run with a teacher, dropped without one: the same
+recipe trains the distilled student and its plain control (the paper's Table 3 compares
+the two)."""
+
+
+def _recipe_folder():
+    """``deit/recipes`` as an ``importlib.resources`` Traversable (a folder, or inside a zip)."""
+    return importlib.resources.files("deit") / "recipes"
+
+
+def available_recipes() -> tuple[str, ...]:
+    """Names of the shipped recipes: the ``deit/recipes/*.yaml`` files without the suffix."""
+    folder = _recipe_folder()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
+
+
+def check_recipe_name(name: object) -> None:
+    """Raise ``ConfigError`` unless ``name`` is None or a shipped recipe's name."""
+    if name is None or (isinstance(name, str) and name in available_recipes()):
+        return
+    names = ", ".join(repr(n) for n in available_recipes()) or "none installed"
+    raise ConfigError(f"recipe={name!r} is not a recipe shipped with deit; expected one of: {names} (set by "
+                      "--recipe, or recipe: in a --config file; recipes are names only: a YAML file of your own "
+                      "is a --config file)")
+
+
+def _recipe_text(name: str) -> str:
+    check_recipe_name(name)
+    return (_recipe_folder() / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The settings of recipe ``name``, type- and range-checked like a --config file;
+    errors name the recipe file."""
+    source = f"recipe {name!r} (deit/recipes/{name}.yaml)"
+    try:
+        loaded = yaml.safe_load(_recipe_text(name))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{source} must hold a mapping of settings, got {type(loaded).__name__}")
+    unknown = sorted(str(k) for k in loaded if k not in FIELD_NAMES or k == "recipe")
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)} (a recipe cannot name another "
+                          f"recipe); valid settings: {', '.join(n for n in FIELD_NAMES if n != 'recipe')}")
+    values = _typed(loaded, source)
+    # ranges too, against the defaults; the teacher is the run's, so any name stands in for it here
+    try:
+        TrainConfig(**{"teacher_model": "teacher of the run", **values})._validate()
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return values
+
+
+def recipe_summary(name: str) -> str:
+    """The first paragraph of the recipe file's header comment: what it is for."""
+    lines = []
+    for line in _recipe_text(name).splitlines():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text:
+            break
+        lines.append(text)
+    return " ".join(lines)
+
+
+def describe_recipe(name: str) -> str:
+    """The settings of ``deit train --recipe NAME`` without a teacher, every one resolved, as
+    YAML a --config file can hold (the run writes the same as its config.yaml)."""
+    values = recipe_values(name)
+    with_teacher = {k: v for k, v in values.items() if k in RECIPE_TEACHER_KEYS}
+    header = [f"deit train --recipe {name}: {recipe_summary(name)}",
+              "Every setting, resolved (defaults < recipe < --config < flags): edit and pass as --config."]
+    if with_teacher:
+        shown = yaml.safe_dump(with_teacher, default_flow_style=True, sort_keys=False).strip()[1:-1]
+        header.append(f"With a teacher (--teacher-model) the recipe also sets {shown}; in this file, set them "
+                      "yourself: its values win over the recipe's.")
+    comment = "".join(textwrap.fill(line, 88, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+                      + "\n" for line in header)
+    return comment + yaml.safe_dump(load_config(None, {"recipe": name}).to_dict(), sort_keys=False)
+
+
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----
 
 BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
@@ -183,6 +280,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kl_reduction": KL_REDUCTIONS,
     "bad_images": BAD_IMAGE_POLICIES,
     "amp_dtype": ("bfloat16", "float16"),
+    "recipe": available_recipes(),
 }
 """Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""
 
@@ -240,6 +338,10 @@ HELP: dict[str, tuple[str, str]] = {
     "val_subset": ("data", "evaluate on N validation images spread evenly over the set (budgeted runs)"),
     "num_workers": ("data", "data-loader worker processes; 0 loads in the training process (best with 2 cores)"),
     "bad_images": ("data", "image folders: fail on an unreadable file, naming it, or skip it, counted in the log"),
+    "recipe": ("optimisation", "a recipe shipped with deit: settings for another regime than the paper's, applied "
+                               "under --config and these flags (`deit recipes` describes them: "
+                               f"{', '.join(available_recipes())}); without a teacher its distillation settings "
+                               "are dropped; none: the paper's ImageNet recipe (Table 9)"),
     "epochs": ("optimisation", "training epochs (paper: 300, Table 9)"),
     "batch_size": ("optimisation", "images per process and step; the effective batch is batch-size x "
                                    "accum-steps x processes (paper: 1024, Table 9)"),
@@ -328,6 +430,11 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: "
                           f"{', '.join(FIELD_NAMES)}")
+    return TrainConfig(**_typed(data, source)).validate()
+
+
+def _typed(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Known settings from YAML or flags, type-checked (:func:`_check_types`), ``scale`` a tuple."""
     values = dict(data)
     if "scale" in values and isinstance(values["scale"], list):
         values["scale"] = tuple(values["scale"])
@@ -335,7 +442,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
         _check_types(values, source)
     except ValueError as err:
         raise ConfigError(name_flag(str(err))) from None
-    return TrainConfig(**values).validate()
+    return values
 
 
 def _check_types(values: dict[str, Any], source: str) -> None:
@@ -358,7 +465,13 @@ def _check_types(values: dict[str, Any], source: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Defaults < YAML file < overrides (e.g. command-line flags)."""
+    """Defaults < recipe < YAML file < overrides (e.g. command-line flags).
+
+    The recipe is the ``recipe`` setting of the file or the overrides (an override of
+    ``None`` turns off the file's). Its :data:`RECIPE_TEACHER_KEYS` count only if the run
+    has a teacher (``teacher_model`` from the file, the overrides or the recipe), and are
+    dropped otherwise. Every value set explicitly wins over the recipe, so the config.yaml
+    a run writes loads back to the same config."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -372,6 +485,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
         data.update(loaded or {})
     data.update(overrides or {})
+    if data.get("recipe") is not None:
+        recipe = recipe_values(data["recipe"])
+        if not {**recipe, **data}.get("teacher_model"):
+            recipe = {k: v for k, v in recipe.items() if k not in RECIPE_TEACHER_KEYS}
+        data = {**recipe, **data}
     return config_from_dict(data, source=str(path) if path else "config")
 
 

@@ -5,8 +5,8 @@ returns, for a DeiT, the head chosen with ``head``: by default the model's own e
 (its ``return_logits_type``: ``"fusion"`` for our distilled variants, the class head for a
 plain HF ``DeiTForImageClassification``), else ``"fusion"`` (mean of the two heads'
 logits, the paper's DeiT⚗ prediction), ``"cls"``, ``"dist"`` or ``"all"`` (three outputs
-``cls``, ``dist``, ``fusion``); a ViT or ConvNeXt has one output, ``logits``. The batch axis
-is dynamic.
+``cls``, ``dist``, ``fusion``); a ViT, ConvNeXt or ResNet has one output, ``logits``. The
+batch axis is dynamic.
 
 Everything needed to use the file without this library travels inside it (ONNX
 ``metadata_props`` / TorchScript ``_extra_files["deit.json"]``): model name, image size,

@@ -126,10 +126,10 @@ def _check_hf_config_shapes(arch: Any, hf_args: Mapping[str, Any]) -> None:
 def _shape_overrides(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """``num_classes`` / ``in_channels`` read off a timm-layout state dict, where present."""
     found: dict[str, Any] = {}
-    for head_key in ("head.weight", "head.fc.weight"):
+    for head_key in ("head.weight", "head.fc.weight", "fc.weight"):  # ViT / DeiT, ConvNeXt, ResNet
         if head_key in state_dict:
             found["num_classes"] = int(state_dict[head_key].shape[0])
-    for stem_key in ("patch_embed.proj.weight", "stem.0.weight"):
+    for stem_key in ("patch_embed.proj.weight", "stem.0.weight", "conv1.weight"):
         weight = state_dict.get(stem_key)
         if weight is not None and weight.ndim == 4:  # (D, C, p, p) conv kernels
             found["in_channels"] = int(weight.shape[1])

@@ -6,8 +6,9 @@ A teacher is named by:
   for images of 64 px and more, ``convnext_atto_32`` (stride-2 stem) below that, so that
   the default works on both ImageNet-sized and 28–32 px data. The paper's teacher is a
   RegNetY-16GF; a small ConvNeXt is the CPU-friendly convnet stand-in;
-* any registered model of this library (``deit.list_models()``), including DeiTs for
-  the paper's transformer-teacher comparison (Table 2);
+* any registered model of this library (``deit.list_models()``), including the
+  small-image ResNets (``resnet20_32`` …: BatchNorm convnets, as the paper's RegNetY
+  teachers) and DeiTs for the paper's transformer-teacher comparison (Table 2);
 * ``"timm:<name>"`` for any timm architecture, with weights from a timm-format file
   (``torch.save(model.state_dict(), …)``).
 

@@ -275,7 +275,7 @@ def test_checkpoint_of_another_architecture_lists_the_mismatch(tmp_path):
 
 @pytest.mark.parametrize("name, technique", [("deit_pico_distilled_patch4_32", "linear"),
                                              ("deit_pico_distilled_patch4_32", "convolutional"),
-                                             ("convnext_atto_32", None)])
+                                             ("convnext_atto_32", None), ("resnet14_32", None)])
 def test_rgb_weights_into_greyscale_model_sum_the_colour_filters(tmp_path, name, technique):
     """A grey image replicated to RGB gives the same logits as the grey image fed to the
     adapted 1-channel model (timm's adapt_input_conv rule)."""

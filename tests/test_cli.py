@@ -11,8 +11,9 @@ from deit import create_model, save_model
 from deit.cli import build_parser, main
 from tests.conftest import perturb_
 
-# (deit benchmark itself is exercised in tests/test_benchmark.py)
-SUBCOMMANDS = ["demo", "train", "eval", "predict", "export", "visualize", "benchmark", "list-models", "info", "convert"]
+# (deit benchmark itself is exercised in tests/test_benchmark.py, deit recipes in tests/test_train.py)
+SUBCOMMANDS = ["demo", "train", "recipes", "eval", "predict", "export", "visualize", "benchmark", "list-models", "info",
+               "convert"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -53,7 +53,7 @@ def test_fused_output_is_the_mean_of_the_heads(distilled, tmp_path):
     np.testing.assert_allclose(run_exported(path, x)[2], expected.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["deit_pico_patch4_32", "convnext_atto_32"])
+@pytest.mark.parametrize("name", ["deit_pico_patch4_32", "convnext_atto_32", "resnet8_32"])
 def test_single_head_models_export(name, tmp_path):
     model = create_model(name, num_classes=5, in_channels=3).eval()
     data = {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "deit.errors": 0, "deit.fileio": 0, "deit._validation": 0,
     # pure nn.Modules and the data that describes them: no files, no environment, no names
     "deit.models.layers": 1, "deit.models.vit": 1, "deit.models.deit": 1, "deit.models.convnext": 1,
-    "deit.models.teacher_output": 1, "deit.models.pretrained": 1,
+    "deit.models.resnet": 1, "deit.models.teacher_output": 1, "deit.models.pretrained": 1,
     # names -> constructors + pretrained configurations
     "deit.models.registry": 2,
     # checkpoint files, foreign layouts, published weights

@@ -290,6 +290,53 @@ def test_teacher_statistics_order_flags_checkpoint_published(mnist_style_teacher
     assert not isinstance(bare, TeacherInputNorm)
 
 
+# --- a registered ResNet as the teacher ---------------------------------------------------------
+
+GREY_28 = {"image_size": 28, "in_channels": 1, "mean": [0.5], "std": [0.5]}  # the student's data
+
+
+def _teacher_of_train_command(argv: list[str]) -> nn.Module:
+    """The teacher ``deit train ARGV`` runs with (flags -> config -> deit.train.build_teacher),
+    built without training, for 10 classes of grey 28 px data."""
+    from deit.cli import build_parser
+    from deit.config import load_config, overrides_from_args
+    from deit.train import build_teacher
+
+    config = load_config(None, overrides_from_args(build_parser().parse_args(["train", *argv])))
+    return build_teacher(config, 10, dict(GREY_28))
+
+
+def test_resnet_teacher_saved_by_the_library_loads_as_the_cli_loads_it(tmp_path):
+    reference = perturb_(create_model("resnet14_32", num_classes=10, in_channels=1)).eval()
+    path = save_model(reference, tmp_path / "resnet14_32.safetensors", data_config=GREY_28)
+    teacher = _teacher_of_train_command(["--dataset", "digits", "--teacher-model", "resnet14_32",
+                                         "--teacher-checkpoint", str(path), "--distillation-type", "hard"])
+    assert not isinstance(teacher, TeacherInputNorm)  # recorded statistics = the student's: nothing to convert
+    assert teacher.teacher_name == "resnet14_32" and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher_logits(teacher, x, 10), reference(x))
+    # the seed API resolves the same name from a checkpoint directory
+    student = DeiT(**{**SMALL, "num_classes": 10, "image_size": 28}, in_channels=1,
+                   teacher_model_name="resnet14_32", checkpoint_dir=tmp_path)
+    assert type(student.teacher).__name__ == "ResNet" and student.teacher.teacher_name == "resnet14_32"
+    assert not any(k.startswith("teacher") for k in student.state_dict())
+
+
+def test_convnext_file_for_a_resnet_teacher_is_refused_naming_the_path(tmp_path):
+    from deit import CheckpointError
+
+    wrong = save_model(create_model("convnext_atto_32", num_classes=10, in_channels=1), tmp_path / "teacher.pth")
+    with pytest.raises(CheckpointError) as info:
+        _teacher_of_train_command(["--dataset", "digits", "--teacher-model", "resnet14_32", "--teacher-checkpoint",
+                                   str(wrong), "--distillation-type", "hard"])
+    message = str(info.value)
+    assert f"checkpoint {wrong} (the file says it holds convnext_atto_32) does not fit the expected architecture " \
+           "teacher resnet14_32 with num_classes=10, in_channels=1" in message
+    assert "missing: conv1.weight" in message and "deit train --model resnet14_32" in message
+
+
 # --- hints are commands that work --------------------------------------------------------------
 
 def _commands(message: str) -> list[list[str]]:
@@ -304,7 +351,7 @@ def test_missing_teacher_hints_are_commands_that_work(tmp_path):
     from deit.cli import build_parser
     from deit.config import load_config, overrides_from_args
 
-    for name in ("convnext_atto_32", "timm:resnet10t"):
+    for name in ("convnext_atto_32", "resnet14_32", "timm:resnet10t"):
         with pytest.raises(MissingCheckpointError) as info:
             load_teacher(name, num_classes=10, in_channels=1, image_size=16)
         message = str(info.value)

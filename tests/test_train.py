@@ -252,6 +252,115 @@ def test_config_file_plus_overrides_round_trip(tmp_path):
     assert TrainConfig() == load_config(None)
 
 
+# --- recipes (deit/recipes/*.yaml): defaults < recipe < --config < flags ----------------------
+
+def test_small_data_recipe_gives_its_values_and_every_recipe_validates():
+    from deit.config import (FIELD_NAMES, RECIPE_TEACHER_KEYS, TrainConfig, available_recipes, recipe_summary,
+                             recipe_values)
+
+    assert "small-data" in available_recipes()
+    config = load_config(None, {"recipe": "small-data"})
+    assert (config.recipe, config.epochs, config.batch_size, config.lr, config.warmup_epochs, config.scale,
+            config.auto_augment, config.mixup, config.repeated_aug, config.model_ema) == \
+        ("small-data", 10, 128, 4e-3, 1, (0.7, 1.0), None, 0.0, 1, False)
+    for name in available_recipes():
+        values = recipe_values(name)
+        assert values and set(values) <= set(FIELD_NAMES) - {"recipe"}, name
+        assert recipe_summary(name), f"{name}: the file's header comment says what the recipe is for"
+        plain = load_config(None, {"recipe": name})
+        distilled = load_config(None, {"recipe": name, "teacher_model": "convnext_atto_32"})
+        for key, value in values.items():
+            assert getattr(distilled, key) == value, (name, key)
+            assert getattr(plain, key) == (getattr(TrainConfig(), key) if key in RECIPE_TEACHER_KEYS else value)
+
+
+def test_recipe_precedence_recipe_then_config_file_then_flags(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "small-data", "epochs": 20, "mixup": 0.2, "lr": 2e-3}))
+    config = load_config(path, {"epochs": 30, "drop_path": 0.05})
+    assert config.recipe == "small-data"  # chosen by the file's recipe: key
+    assert config.epochs == 30  # flag > file > recipe (10)
+    assert config.lr == 2e-3 and config.mixup == 0.2  # file > recipe (4e-3, 0.0)
+    assert config.drop_path == 0.05  # flag > recipe (0.0)
+    assert config.batch_size == 128 and config.model_ema is False  # recipe > defaults (64, True)
+    assert config.warmup_lr == 1e-6 and config.color_jitter == 0.3  # defaults the recipe does not set
+    by_flag = load_config(None, {"recipe": "small-data", "epochs": 30})
+    assert (by_flag.epochs, by_flag.lr, by_flag.batch_size) == (30, 4e-3, 128)
+    path.write_text(yaml.safe_dump({"recipe": "small-data"}))
+    assert load_config(path, {"recipe": None}) == load_config(None)  # --recipe none: the paper's recipe
+
+
+def test_recipe_distillation_settings_need_a_teacher(tmp_path):
+    plain = load_config(None, {"recipe": "small-data", "model": "deit_pico_patch4_32"})
+    assert (plain.distillation_type, plain.distillation_alpha, plain.teacher_model) == ("none", None, None)
+    by_flag = load_config(None, {"recipe": "small-data", "teacher_model": "convnext_atto_32"})
+    assert (by_flag.distillation_type, by_flag.distillation_alpha) == ("hard", 0.5)
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "small-data", "teacher_model": "convnext_atto_32"}))
+    assert load_config(path).distillation_type == "hard"  # a teacher from the --config file counts too
+    assert load_config(path, {"teacher_model": None}).distillation_type == "none"  # --teacher-model none
+    soft = load_config(path, {"distillation_type": "soft"})
+    assert (soft.distillation_type, soft.distillation_alpha) == ("soft", 0.5)  # a flag changes only its setting
+
+
+def test_unknown_recipe_names_the_flag_and_the_recipes(tmp_path, capsys):
+    from deit.cli import main
+
+    for name in ("tiny-data", "configs/fashion/student_hard.yaml"):
+        with pytest.raises(ValueError, match=r"recipe='.*' is not a recipe shipped with deit; expected one of: "
+                                             r"'small-data'.*--recipe.*a YAML file of your own is a --config file"):
+            load_config(None, {"recipe": name})
+    assert main(["train", "--recipe", "tiny-data", "--output", str(tmp_path / "run")]) == 2
+    assert "--recipe" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_recipe_file_errors_name_the_file(tmp_path, monkeypatch):
+    import deit.config
+    from deit.config import recipe_values
+
+    monkeypatch.setattr(deit.config, "_recipe_folder", lambda: tmp_path)
+    for text, match in (("lr: fast\n", "recipe 'broken' \\(deit/recipes/broken.yaml\\): lr='fast'"),
+                        ("mixup_prob: 2.0\n", "deit/recipes/broken.yaml.*mixup_prob=2.0"),
+                        ("learning_rate: 0.1\n", "broken.yaml.*unknown setting.*learning_rate"),
+                        ("recipe: small-data\n", "broken.yaml.*cannot name another recipe"),
+                        ("- 1\n", "broken.yaml.*mapping")):
+        (tmp_path / "broken.yaml").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            recipe_values("broken")
+
+
+def test_recipe_run_config_round_trip(tmp_path):
+    for teacher in ({}, {"teacher_model": "convnext_atto_32"}):
+        config = load_config(None, {"recipe": "small-data", "epochs": 3, **teacher})
+        config.save(tmp_path / "config.yaml")
+        saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+        assert saved["recipe"] == "small-data" and saved["lr"] == 4e-3 and saved["epochs"] == 3
+        assert load_config(tmp_path / "config.yaml") == config
+        assert load_config(tmp_path / "config.yaml", {"recipe": "small-data", "resume": True}) == \
+            load_config(None, {"recipe": "small-data", "epochs": 3, "resume": True, **teacher})
+
+
+def test_recipes_ship_inside_the_package_and_the_command_prints_them(tmp_path, capsys):
+    import fnmatch
+    import importlib.resources
+
+    from deit.cli import main
+    from deit.config import available_recipes
+
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["deit"]
+    for name in available_recipes():
+        resource = importlib.resources.files("deit").joinpath("recipes", f"{name}.yaml")
+        assert resource.is_file() and "epochs" in resource.read_text()
+        assert any(fnmatch.fnmatch(f"recipes/{name}.yaml", p) for p in patterns), "add it to package-data"
+    assert main(["recipes"]) == 0
+    assert "small-data" in capsys.readouterr().out
+    assert main(["recipes", "small-data"]) == 0
+    (tmp_path / "copied.yaml").write_text(capsys.readouterr().out)
+    assert load_config(tmp_path / "copied.yaml") == load_config(None, {"recipe": "small-data"})
+
+
 @pytest.mark.parametrize("settings, match", [
     ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"mixup_prob": 1.5}, "mixup_prob"),
     ({"distillation_type": "hard"}, "needs a teacher"), ({"distillation_type": "warm"}, "distillation_type"),

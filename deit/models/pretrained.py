@@ -10,9 +10,9 @@ crop_pct 0.875; 0.95 for ``convnext_nano.d1h_in1k``). The official DeiT release 
 their name, which the official ``models.py`` checks with ``torch.hub`` (``check_hash=True``);
 the other files publish no checksum.
 
-The small-image variants (``*_patch4_32``, ``convnext_*_32``) are this library's own and have
-no published weights: their configuration describes their input (32 px) and has no label set
-and no weight files.
+The small-image variants (``*_patch4_32``, ``convnext_*_32``, ``resnet*_32``) are this
+library's own and have no published weights: their configuration describes their input
+(32 px) and has no label set and no weight files.
 
 Pure data and small pure functions: the only file read is timm's packaged ImageNet label
 files, lazily, in :func:`class_names`.
@@ -151,7 +151,8 @@ _CFGS: dict[str, PretrainedCfg] = {
 }
 for _name in ("deit_pico_patch4_32", "deit_nano_patch4_32", "deit_tiny_patch4_32", "deit_pico_distilled_patch4_32",
               "deit_nano_distilled_patch4_32", "deit_tiny_distilled_patch4_32", "convnext_atto_32",
-              "convnext_femto_32", "convnext_pico_32"):
+              "convnext_femto_32", "convnext_pico_32", "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32",
+              "resnet14w2_32"):
     _CFGS[_name] = _small()
 
 

@@ -2,8 +2,9 @@
 
 Names of the DeiT and ConvNeXt variants are timm's, so a checkpoint saved by timm or the
 official DeiT code for ``deit_small_distilled_patch16_224`` loads into the model of the
-same name here. The ``*_patch4_32`` DeiTs and ``convnext_*_32`` ConvNeXts are this
-library's small-image variants for 28–32 px data (Fashion-MNIST, CIFAR, digits).
+same name here. The ``*_patch4_32`` DeiTs, ``convnext_*_32`` ConvNeXts and ``resnet*_32``
+ResNets (He et al. 2016, §4.2) are this library's small-image variants for 28–32 px data
+(Fashion-MNIST, CIFAR, digits).
 Every name has a pretrained configuration (:mod:`deit.models.pretrained`, timm's
 ``pretrained_cfg``): the input its published weights expect and where those files are.
 """
@@ -19,7 +20,10 @@ from deit.models.convnext import ConvNeXt
 from deit.models.deit import DeiT
 from deit.models.pretrained import PretrainedCfg, pretrained_cfg_names
 from deit.models.pretrained import get_pretrained_cfg as _builtin_pretrained_cfg
+from deit.models.resnet import ResNet
 from deit.models.vit import ViT
+
+FAMILIES = ("vit", "convnext", "resnet")  # "vit": ViT and DeiT, the family that takes image_size
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
@@ -28,11 +32,14 @@ _PRETRAINED: dict[str, PretrainedCfg] = {}
 
 def register_model(family: str, pretrained_cfg: PretrainedCfg | None = None
                    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a variant function under its own name; ``family`` is "vit" or "convnext".
+    """Register a variant function under its own name; ``family`` is one of :data:`FAMILIES`.
 
     ``pretrained_cfg`` describes the variant's input and published weights; the built-in
     names take theirs from :mod:`deit.models.pretrained`.
     """
+    if family not in FAMILIES:
+        raise ConfigError(f"register_model: family={family!r} is not supported; expected one of: "
+                          f"{', '.join(repr(f) for f in FAMILIES)}")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[fn.__name__] = fn
@@ -56,7 +63,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def model_family(name: str) -> str:
-    """"vit" (ViT and DeiT, which take ``image_size``) or "convnext"."""
+    """"vit" (ViT and DeiT, which take ``image_size``), "convnext" or "resnet"."""
     check_model_name(name)
     return _FAMILY[name]
 
@@ -68,14 +75,16 @@ def check_model_name(name: str) -> None:
         raise ConfigError(f"unknown model name {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
 
 
-# timm's keyword names (timm/models/vision_transformer.py, convnext.py) -> ours, per family.
+# timm's keyword names (timm/models/vision_transformer.py, convnext.py, resnet.py) -> ours, per family.
 # drop_path_rate on a ViT is handled apart: it sets two of our arguments.
 TIMM_ALIASES: dict[str, dict[str, str]] = {
     "vit": {"img_size": "image_size", "in_chans": "in_channels", "drop_rate": "dropout",
             "proj_drop_rate": "encoder_dropout", "attn_drop_rate": "encoder_attention_dropout"},
     "convnext": {"in_chans": "in_channels", "drop_rate": "head_dropout"},
+    "resnet": {"in_chans": "in_channels", "drop_rate": "head_dropout"},
 }
-_GLOBAL_POOL = {"vit": "token", "convnext": "avg"}  # the one pooling each family implements
+_GLOBAL_POOL = {"vit": "token", "convnext": "avg", "resnet": "avg"}  # the one pooling each family implements
+_CONVNETS = {"convnext": "ConvNeXt", "resnet": "ResNet"}  # fully convolutional: no size argument
 
 
 def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +93,7 @@ def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     ``drop_path_rate`` on a ViT/DeiT becomes ``stochastic_depth=True`` with
     ``stochastic_depth_mp=rate`` (both rise linearly over the blocks from 0, as timm's
     ``dpr``); ``global_pool`` is accepted only with the pooling the family has ("token" for
-    ViT/DeiT, "avg" for ConvNeXt) and then dropped. Giving an alias together with the name it
+    ViT/DeiT, "avg" for ConvNeXt and ResNet) and then dropped. Giving an alias together with the name it
     stands for is an error naming both.
     """
     family = model_family(name)
@@ -95,9 +104,9 @@ def resolve_timm_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{alias}={out[alias]!r} (timm's name) and {native}={out[native]!r} were both given "
                                   f"for {name}; they are the same setting: pass only one")
             out[native] = out.pop(alias)
-    if "img_size" in out:  # ConvNeXt: fully convolutional, no size argument
-        raise ConfigError(f"img_size={out['img_size']!r} does not apply to {name}: ConvNeXt takes any input size "
-                          "(omit img_size)")
+    if "img_size" in out:  # left only for the convnets (a ViT's became image_size above)
+        raise ConfigError(f"img_size={out['img_size']!r} does not apply to {name}: {_CONVNETS[family]} takes any "
+                          "input size (omit img_size)")
     if family == "vit" and "drop_path_rate" in out:
         given = [k for k in ("stochastic_depth", "stochastic_depth_mp") if k in out]
         if given:
@@ -308,3 +317,43 @@ def convnext_femto_32(**kw: Any) -> ConvNeXt:
 def convnext_pico_32(**kw: Any) -> ConvNeXt:
     """ConvNeXt-Pico with a stride-2 stem, for 28–32 px images."""
     return _convnext(_CN_PICO, 2, kw)
+
+
+# --- ResNet (He et al. 2016, §4.2) -----------------------------------------------------------
+# Parameter counts below are at num_classes=10 (the CIFAR head: 10 * (widths[-1] + 1)).
+
+def _resnet(widths: tuple[int, ...], depths: tuple[int, ...], overrides: dict[str, Any]) -> ResNet:
+    """One ResNet variant; ``overrides`` win."""
+    cfg: dict[str, Any] = dict(widths=widths, depths=depths)
+    cfg.update(overrides)
+    return ResNet(**cfg)
+
+
+@register_model("resnet")
+def resnet8_32(**kw: Any) -> ResNet:
+    """ResNet-8 (6n+2, n=1; widths 16/32/64) for 28–32 px images: 78,042 parameters at 10 classes."""
+    return _resnet((16, 32, 64), (1, 1, 1), kw)
+
+
+@register_model("resnet")
+def resnet14_32(**kw: Any) -> ResNet:
+    """ResNet-14 (6n+2, n=2; widths 16/32/64) for 28–32 px images: 175,258 parameters at 10 classes."""
+    return _resnet((16, 32, 64), (2, 2, 2), kw)
+
+
+@register_model("resnet")
+def resnet20_32(**kw: Any) -> ResNet:
+    """ResNet-20 of He et al. 2016 (§4.2, Table 6: 0.27M), 1x1-conv shortcuts: 272,474 parameters at 10 classes."""
+    return _resnet((16, 32, 64), (3, 3, 3), kw)
+
+
+@register_model("resnet")
+def resnet8w4_32(**kw: Any) -> ResNet:
+    """ResNet-8 at 4x width (64/128/256) for 28–32 px images: 1,227,594 parameters at 10 classes."""
+    return _resnet((64, 128, 256), (1, 1, 1), kw)
+
+
+@register_model("resnet")
+def resnet14w2_32(**kw: Any) -> ResNet:
+    """ResNet-14 at 2x width (32/64/128) for 28–32 px images: 696,618 parameters at 10 classes."""
+    return _resnet((32, 64, 128), (2, 2, 2), kw)

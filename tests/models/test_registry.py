@@ -12,8 +12,8 @@ BIG = {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}
 
 
 def _input_for(model) -> torch.Tensor:
-    size = getattr(model, "image_size", 64)  # ConvNeXt takes any size >= stem*8
-    if model_family(model.model_name) == "convnext":
+    size = getattr(model, "image_size", 64)  # ConvNeXt takes any size >= stem*8, ResNet any size
+    if model_family(model.model_name) in ("convnext", "resnet"):
         size = 32 if model.model_name.endswith("_32") else 64
     return torch.randn(2, 3, size, size)
 
@@ -70,7 +70,8 @@ def test_names_include_timm_names_and_small_image_variants():
     expected = {f"deit_{s}_patch16_224" for s in ("tiny", "small", "base")} | \
         {f"deit_{s}_distilled_patch16_224" for s in ("tiny", "small", "base")} | \
         {"deit_base_patch16_384", "deit_base_distilled_patch16_384", "deit_tiny_distilled_patch4_32",
-         "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_atto_32"}
+         "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_atto_32",
+         "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32", "resnet14w2_32"}
     assert expected <= set(ALL)
     assert list_models("distilled_patch16") == sorted(n for n in ALL if "distilled_patch16" in n)
 
