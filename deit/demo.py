@@ -4,7 +4,9 @@
 2. train a DeiT student with hard distillation from it (``deit_pico_distilled_patch4_32``);
 3. train the same DeiT without a teacher, as the control (``deit_pico_patch4_32``);
 4. print one table: teacher, DeiT, DeiT⚗ class / distillation / fusion accuracy on the
-   10k test images, with training images/s and wall time.
+   10k test images, with training images/s and wall time;
+5. draw ``learning_curves.png``: test top-1 after every epoch against the training images
+   seen and against wall time, read back from each run's ``metrics.csv``.
 
 The default schedule is sized to finish in under 10 minutes on 2 CPU cores: a 20k-image
 subset, a few epochs, and a light recipe (no Mixup/CutMix/RandAugment/repeated augmentation,
@@ -21,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from deit.config import load_config
-from deit.fileio import write_text_atomic
+from deit.fileio import atomic_write, write_text_atomic
+from deit.run_log import read_metrics
 from deit.train import TrainResult, train
 
 logger = logging.getLogger("deit")
@@ -47,8 +50,7 @@ class Schedule:
 
 LIGHT = dict(mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, repeated_aug=1, scale=(0.7, 1.0),
              model_ema=False, drop_path=0.0, batch_size=128, smoothing=0.1)
-# Evaluating only after the last epoch saves a minute of the ten.
-QUICK = Schedule("quick (<= 10 min on 2 cores)", 15_000, 2, 3, dict(LIGHT, warmup_epochs=0, eval_interval=1000))
+QUICK = Schedule("quick (<= 10 min on 2 cores)", 15_000, 2, 3, dict(LIGHT, warmup_epochs=0))
 FULL = Schedule("full", None, 6, 12, dict(LIGHT, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25,
                                           warmup_epochs=1, model_ema=True, drop_path=0.1))
 
@@ -77,9 +79,13 @@ def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str
         common, model=CONTROL, epochs=schedule.student_epochs, lr=schedule.student_lr, teacher_model=TEACHER,
         teacher_checkpoint=str(teacher_checkpoint), distillation_type="none", output=str(out / "deit_control"))))
     table = format_table(results)
+    runs = {f"teacher {TEACHER}": out / "teacher", f"DeiT control {CONTROL}": out / "deit_control",
+            f"DeiT⚗ {STUDENT}": out / "deit_distilled"}
+    curves = plot_learning_curves(runs, out / "learning_curves.png", title=f"Fashion-MNIST, {schedule.name} schedule")
     wall = time.perf_counter() - start
     report = f"{table}\n\n{schedule.describe()}; total wall time {wall / 60:.1f} min.\n" \
-             f"Run directory: {out.resolve()} (checkpoints, metrics.csv, curves.png per model)"
+             f"Run directory: {out.resolve()} (checkpoints, metrics.csv, curves.png per model)\n" \
+             f"Learning curves (test top-1 vs training images and wall time): {curves.resolve()}"
     write_text_atomic(out / "results.md", report + "\n")
     print("\n" + report, flush=True)
     return results
@@ -101,6 +107,78 @@ def format_table(results: dict[str, TrainResult]) -> str:
     for name, acc, cls_acc, dist_acc, agree, result in rows:
         lines.append(f"| {name} | {acc} | {cls_acc} | {dist_acc} | {agree} | {result.train_images_per_s:.0f} | "
                      f"{result.wall_time_s:.0f} s |")
+    budgets = [f"{r.epochs_run} epochs, {r.final.get('images_seen')} images"
+               for r in (results["distilled"], results["control"])]
+    same = "same epochs and images" if budgets[0] == budgets[1] else " vs ".join(budgets)
+    lines.append(f"\nDeiT⚗ − control: {distilled['val_acc1'] - control['val_acc1']:+.2f} points (fusion), {same}")
     lines.append(f"\ncontrol agreement with the teacher: {control.get('val_teacher_agreement', float('nan')):.1f}% "
                  "(top-1 predictions equal to the teacher's)")
     return "\n".join(lines)
+
+
+_HEADS = (("val_cls_acc1", "class head", "--", "^"), ("val_dist_acc1", "distillation head", "-.", "v"))
+
+
+def plot_learning_curves(run_dirs: dict[str, Path], path: str | Path, title: str = "") -> Path:
+    """Test top-1 against training images seen (left) and wall time in minutes (right), one
+    line per run of ``run_dirs`` (legend label -> run directory), read back from each run's
+    ``metrics.csv`` (columns ``images_seen``, ``elapsed_s``, ``val_acc1``; rows without one of
+    them, e.g. epochs without an evaluation, are skipped). A DeiT⚗'s class and distillation heads get thin dashed lines in
+    its colour. Images make the comparison per unit of data, minutes per unit of compute: the
+    distilled student pays for the teacher's forward pass in wall time only.
+
+    Raises ``FileNotFoundError`` naming the file when a run has no ``metrics.csv``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    columns = ("images_seen", "elapsed_s", "val_acc1")
+    tables = {}
+    for label, directory in run_dirs.items():
+        csv_path = Path(directory) / "metrics.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"no learning curve for {label!r}: {csv_path} does not exist (every training "
+                                    "run writes it); pass the run's output directory")
+        rows = read_metrics(csv_path)
+        missing = [key for key in columns if rows and key not in rows[0]]
+        if missing:
+            raise ValueError(f"{csv_path} has no column {', '.join(missing)}: it cannot be drawn against training "
+                             "images and wall time")
+        tables[label] = [r for r in rows if all(r[key] for key in columns)]
+
+    path = Path(path)
+    fig, (ax_images, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for label, rows in tables.items():
+        images = [float(r["images_seen"]) for r in rows]
+        minutes = [float(r["elapsed_s"]) / 60 for r in rows]
+        heads = [head for head in _HEADS if any(r.get(head[0]) for r in rows)]
+        acc = [float(r["val_acc1"]) for r in rows]
+        (line,) = ax_images.plot(images, acc, marker="o", label=f"{label} (fusion)" if heads else label)
+        ax_time.plot(minutes, acc, marker="o", color=line.get_color())
+        for key, name, style, marker in heads:
+            pts = [(x, t, float(r[key])) for x, t, r in zip(images, minutes, rows) if r.get(key)]
+            xs, ts, ys = zip(*pts)
+            ax_images.plot(xs, ys, linestyle=style, linewidth=1, marker=marker, markersize=4,
+                           color=line.get_color(), label=f"{label} {name}")
+            ax_time.plot(ts, ys, linestyle=style, linewidth=1, marker=marker, markersize=4, color=line.get_color())
+    ax_images.set_xlabel("training images seen")
+    ax_images.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax_images.set_ylabel("test top-1 (%)")
+    ax_time.set_xlabel("wall time since the run's start (min)")
+    ax_images.set_title("per training image", fontsize=10)
+    ax_time.set_title("per minute of wall time", fontsize=10)
+    for ax in (ax_images, ax_time):
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    handles, labels = ax_images.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)  # below: no line hidden
+    fig.suptitle("test top-1 during training" + (f": {title}" if title else ""))
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 3), 1, 1))
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+    return path

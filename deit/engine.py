@@ -82,7 +82,9 @@ def train_one_epoch(
     clip_grad: float | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``. Returns ``(metrics, num_updates)``.
+    """One pass over ``loader``. Returns ``(metrics, num_updates)``; ``train_images`` counts
+    the samples that went through the model in this epoch, summed over processes
+    (repeated-augmentation copies included).
 
     Gradient accumulation: ``accum_steps`` micro-batches make one optimizer update (the
     effective batch is ``batch_size * accum_steps * world_size`` whatever fits in memory);
@@ -161,7 +163,8 @@ def train_one_epoch(
     count = max(images_all, 1.0)
     metrics = {"train_loss": loss / count, "train_base_loss": base_loss / count,
                "train_distillation_loss": distillation_loss / count, "lr": optimizer.param_groups[0]["lr"],
-               "train_images_per_s": images_all / max(elapsed, 1e-9), "train_time_s": elapsed}
+               "train_images": int(images_all), "train_images_per_s": images_all / max(elapsed, 1e-9),
+               "train_time_s": elapsed}
     return metrics, num_updates
 
 

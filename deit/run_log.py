@@ -12,6 +12,13 @@ from typing import Any, Mapping
 from deit.fileio import atomic_write
 
 
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` as written by :class:`RunLog`, values as text ("" where an
+    epoch has no value, e.g. no evaluation)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 class RunLog:
     """Append-only epoch log that survives resume: rows after the resumed epoch are dropped
     (they belong to the interrupted attempt), earlier rows are kept untouched."""
@@ -26,8 +33,7 @@ class RunLog:
         if not enabled:
             return
         if self.csv_path.exists() and resume_after_epoch is not None:
-            with self.csv_path.open(newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_after_epoch]
+            self.rows = [r for r in read_metrics(self.csv_path) if int(r["epoch"]) <= resume_after_epoch]
             self._rewrite()
         elif self.csv_path.exists():
             self.csv_path.unlink()  # a fresh run in a directory without checkpoints

@@ -301,6 +301,8 @@ class Run:
     start_time: float = field(default_factory=time.perf_counter)
     start_epoch: int = 0
     num_updates: int = 0
+    images_seen: int = 0  # training samples through the model so far, all processes, all invocations
+    elapsed_before_s: float = 0.0  # wall time of the invocations before this resume
     best_acc1: float = float("-inf")
     run_log: RunLog | None = None
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
@@ -431,6 +433,12 @@ def resume(run: Run, saved: dict[str, Any]) -> None:
     run.start_epoch = int(saved["epoch"]) + 1
     run.num_updates = int(saved["num_updates"])
     run.best_acc1 = float(saved.get("best_acc1", run.best_acc1))
+    done = saved.get("metrics") or {}
+    if ("images_seen" not in done or "elapsed_s" not in done) and run.env.is_main:
+        logger.info("last.pth has no images_seen / elapsed_s: counting images from its %d updates x the effective "
+                    "batch %d, and wall time from this resume", run.num_updates, run.effective_batch)
+    run.images_seen = int(done.get("images_seen", run.num_updates * run.effective_batch))
+    run.elapsed_before_s = float(done.get("elapsed_s", 0.0))
     rng, rank = saved["rng"], run.env.rank
     restore_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else rng)
 
@@ -452,7 +460,11 @@ def open_records(run: Run, resumed: bool) -> None:
 
 def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
     """Train one epoch, then evaluate when due (every ``eval_interval`` epochs and the last
-    one). Returns the epoch's metrics and whether validation top-1 improved on the best."""
+    one). Returns the epoch's metrics and whether validation top-1 improved on the best.
+
+    Two columns run over the whole run, across resumes: ``images_seen`` (training samples
+    so far) and ``elapsed_s`` (wall time at the end of this epoch's evaluation), the x axes
+    on which runs of different speeds compare."""
     config = run.config
     if hasattr(run.train_loader.sampler, "set_epoch"):
         run.train_loader.sampler.set_epoch(epoch)
@@ -462,6 +474,7 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
         scaler=run.scaler, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
         progress=config.progress and run.env.is_main)
     run.throughput.append(train_metrics["train_images_per_s"])
+    run.images_seen += train_metrics["train_images"]
     metrics = dict(train_metrics)
     improved = False
     if (epoch + 1) % config.eval_interval == 0 or epoch == config.epochs - 1:
@@ -473,6 +486,8 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
         improved = metrics["val_acc1"] > run.best_acc1
         run.best_acc1 = max(run.best_acc1, metrics["val_acc1"])
     metrics["best_acc1"] = run.best_acc1
+    metrics["images_seen"] = run.images_seen
+    metrics["elapsed_s"] = run.elapsed_before_s + time.perf_counter() - run.start_time
     run.final = metrics
     return metrics, improved
 
@@ -499,7 +514,7 @@ def save_epoch(run: Run, epoch: int, metrics: dict[str, Any], improved: bool) ->
     val_text = f"val top-1 {metrics['val_acc1']:.2f}% (best {run.best_acc1:.2f}%)" if "val_acc1" in metrics \
         else "not evaluated"
     logger.info("epoch %d: train loss %.4f, %s; %.0f train images/s, %.0f s elapsed", epoch, metrics["train_loss"],
-                val_text, metrics["train_images_per_s"], time.perf_counter() - run.start_time)
+                val_text, metrics["train_images_per_s"], metrics["elapsed_s"])
     skipped = sum(_skipped_images(loader) for loader in (run.train_loader, run.val_loader))
     if skipped:
         logger.warning("%d unreadable image file(s) skipped so far (bad_images=skip); their paths are in the "

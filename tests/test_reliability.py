@@ -45,7 +45,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _metrics(out: Path) -> list[dict[str, str]]:
     with open(out / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if not k.startswith("train_images_per_s") and k != "train_time_s"}
+        return [{k: v for k, v in row.items()
+                 if not k.startswith("train_images_per_s") and k not in ("train_time_s", "elapsed_s")}
                 for row in csv.DictReader(f)]
 
 

@@ -106,7 +106,7 @@ def test_stop_and_resume_gives_identical_weights_and_metrics(tmp_path):
         assert torch.equal(straight[key], split[key]), key
     a, b = last_row(tmp_path / "straight"), last_row(tmp_path / "split")
     for key in a:
-        if not key.startswith("train_images_per_s") and not key.startswith("train_time"):
+        if not key.startswith("train_images_per_s") and not key.startswith("train_time") and key != "elapsed_s":
             assert a[key] == b[key], key
     ema_a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["ema"]
     ema_b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)["ema"]
@@ -237,6 +237,24 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch):
         run(out, **settings, resume=True)
     after = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("last.pth", "metrics.csv")}
     assert before == after
+
+
+def test_images_seen_and_elapsed_time_accumulate_across_a_resume(tmp_path):
+    out = tmp_path / "run"
+    settings = dict(model="deit_pico_patch4_32", epochs=3, train_subset=192, batch_size=32, lr=5e-3, repeated_aug=2)
+    run(out, **settings, stop_after_epochs=2)
+    run(out, **settings, resume=True)
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    per_epoch = (192 // 32) * 32  # 6 full batches; repeated augmentation trades images for copies, same count
+    assert [r["images_seen"] for r in rows] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert [r["train_images"] for r in rows] == [per_epoch] * 3
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
+    # the resumed epoch starts from the checkpoint's clock, not from zero
+    assert elapsed[2] >= elapsed[1] + rows[2]["train_time_s"]
+    saved = torch.load(out / "last.pth", weights_only=True)["metrics"]
+    assert saved["images_seen"] == 3 * per_epoch and saved["elapsed_s"] == pytest.approx(elapsed[2])
 
 
 def test_config_file_plus_overrides_round_trip(tmp_path):
