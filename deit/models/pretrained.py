@@ -120,15 +120,16 @@ def _convnext(name: str, tag: str, url: str, crop_pct: float = 0.875, layout: st
     return PretrainedCfg(input_size=(3, 224, 224), crop_pct=crop_pct, weights=(direct, timm_copy), tag=tag)
 
 
-def _small() -> PretrainedCfg:
-    """This library's small-image variants: 32 px input, no published weights, no label set.
+def _small(size: int = 32) -> PretrainedCfg:
+    """This library's small-image variants: ``size`` px input (32, or 28 for the patch-7
+    students of 28 px data), no published weights, no label set.
 
     crop_pct 1.0: the evaluation transform keeps the whole small image
     (``deit/data/transforms.py`` ``build_transform``). mean/std 0.5 map [0, 1] to [-1, 1]; a
     trained checkpoint carries its data set's own statistics, which take precedence.
     ``num_classes`` is the constructor's default.
     """
-    return PretrainedCfg(input_size=(3, 32, 32), crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    return PretrainedCfg(input_size=(3, size, size), crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                          label_set=None)
 
 
@@ -154,6 +155,8 @@ for _name in ("deit_pico_patch4_32", "deit_nano_patch4_32", "deit_tiny_patch4_32
               "convnext_femto_32", "convnext_pico_32", "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32",
               "resnet14w2_32"):
     _CFGS[_name] = _small()
+for _name in ("deit_pico_patch7_28", "deit_pico_distilled_patch7_28"):
+    _CFGS[_name] = _small(28)
 
 
 def pretrained_cfg_names() -> list[str]:

@@ -254,6 +254,19 @@ def deit_tiny_distilled_patch4_32(**kw: Any) -> nn.Module:
     return _vit(True, _TINY, 32, 4, kw)
 
 
+@register_model("vit")
+def deit_pico_patch7_28(**kw: Any) -> nn.Module:
+    """Small-image ViT for 28 px data (Fashion-MNIST, MNIST): width 64, 6 blocks, 7 px patches
+    (16 tokens), 0.3M parameters; a quarter of the patch4 variant's tokens per image."""
+    return _vit(False, _PICO, 28, 7, kw)
+
+
+@register_model("vit")
+def deit_pico_distilled_patch7_28(**kw: Any) -> nn.Module:
+    """Distilled small-image DeiT for 28 px data (width 64, 6 blocks, 7 px patches)."""
+    return _vit(True, _PICO, 28, 7, kw)
+
+
 # --- ConvNeXt ------------------------------------------------------------------------------
 
 def _convnext(size: tuple[tuple[int, ...], tuple[int, ...]], stem_stride: int,

@@ -15,7 +15,7 @@ from tests.conftest import perturb_
 
 OFFICIAL = [n for n in list_models() if n.startswith("deit_") and "patch16" in n]
 CONVNEXT = [n for n in list_models() if n.startswith("convnext_") and not n.endswith("_32")]
-SMALL = [n for n in list_models() if n.endswith("_32")]
+SMALL = [n for n in list_models() if n.endswith(("_32", "_28"))]
 FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes", "crop_mode")
 
 
@@ -28,7 +28,7 @@ def _fields(get) -> dict:
 
 
 def test_every_registered_name_has_a_configuration():
-    assert len(OFFICIAL) == 8 and len(CONVNEXT) == 5 and len(SMALL) == 14  # 6 DeiT/ViT, 3 ConvNeXt, 5 ResNet
+    assert len(OFFICIAL) == 8 and len(CONVNEXT) == 5 and len(SMALL) == 16  # 8 DeiT/ViT, 3 ConvNeXt, 5 ResNet
     for name in list_models():
         cfg = get_pretrained_cfg(name)
         assert cfg.input_size[0] == 3 and cfg.data_config()["image_size"] == cfg.input_size[1]
@@ -75,7 +75,8 @@ def test_data_config_equals_timm_resolve_data_config(name):
 @pytest.mark.parametrize("name", SMALL)
 def test_small_image_variants_have_no_published_weights(name):
     cfg = get_pretrained_cfg(name)
-    assert cfg.label_set is None and cfg.weights == () and cfg.input_size == (3, 32, 32)
+    side = int(name.rsplit("_", 1)[1])  # the registered input size ends the name
+    assert cfg.label_set is None and cfg.weights == () and cfg.input_size == (3, side, side)
     with pytest.raises(MissingCheckpointError, match=rf"'{name}' has no published weights.*deit train --model {name}"):
         create_model(name, pretrained=True)
 

@@ -71,7 +71,8 @@ def test_names_include_timm_names_and_small_image_variants():
         {f"deit_{s}_distilled_patch16_224" for s in ("tiny", "small", "base")} | \
         {"deit_base_patch16_384", "deit_base_distilled_patch16_384", "deit_tiny_distilled_patch4_32",
          "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_atto_32",
-         "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32", "resnet14w2_32"}
+         "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32", "resnet14w2_32", "deit_pico_patch7_28",
+         "deit_pico_distilled_patch7_28"}
     assert expected <= set(ALL)
     assert list_models("distilled_patch16") == sorted(n for n in ALL if "distilled_patch16" in n)
 

@@ -1,0 +1,165 @@
+"""The sweep behind ``deit train --recipe small-data``: one factor at a time, fixed wall clock.
+
+Every row is a real ``deit.train.train`` run on Fashion-MNIST (the product's data path,
+model, loss and schedule), distilled from one shared CNN teacher trained first by the
+same recipe. Each row changes one setting of the base configuration (the recipe itself,
+``deit/recipes/small-data.yaml``, plus the student and teacher below) and gets the same
+wall-clock budget: a short calibration run measures that row's training images/s, and the
+row trains for as many epochs as fit in ``--budget-s`` (at least one), so a setting that
+makes each step slower (a larger model, smaller patches, soft targets) pays for it in
+epochs, as it would for a user with a fixed amount of time.
+
+    .venv/bin/python benchmarks/small_data_sweep.py                       # every row, ~1 h alone
+    .venv/bin/python benchmarks/small_data_sweep.py --rows base "learning rate"
+    .venv/bin/python benchmarks/small_data_sweep.py --table-only          # rebuild the table
+
+Results are kept per row in ``benchmarks/results/small_data_sweep.json`` (a row already
+there is not run again unless ``--rerun``), and the table is written to
+``benchmarks/small_data_sweep.md``. Run it alone on the machine: a second process on the
+2 cores changes every row's epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deit.config import load_config
+from deit.fileio import write_text_atomic
+from deit.train import train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "small_data_sweep.json"
+TABLE = HERE / "small_data_sweep.md"
+TRAIN_IMAGES = 60_000  # Fashion-MNIST's training split
+STUDENT, CONTROL, TEACHER = "deit_pico_distilled_patch7_28", "deit_pico_patch7_28", "resnet14_32"
+
+# (row, what changes): the row names are the ones the recipe file cites.
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    ("base", {}),
+    ("control (no teacher)", {"model": CONTROL, "distillation_type": "none"}),
+    ("learning rate", {"lr": 4e-3}),
+    ("learning rate", {"lr": 1.6e-2}),
+    ("warm-up", {"warmup_epochs": 0}),
+    ("weight decay", {"weight_decay": 0.0}),
+    ("weight decay", {"weight_decay": 0.1}),
+    ("augmentation strength", {"scale": [1.0, 1.0], "hflip": 0.0}),
+    ("augmentation strength", {"auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "scale": [0.08, 1.0]}),
+    ("augmentation strength", {"mixup": 0.8, "cutmix": 1.0}),
+    ("label smoothing", {"smoothing": 0.0}),
+    ("drop path", {"drop_path": 0.1}),
+    ("patch size", {"model": "deit_pico_distilled_patch4_32", "image_size": 28}),
+    ("width/depth", {"model": "deit_nano_distilled_patch4_32", "image_size": 28}),
+    ("batch size", {"batch_size": 64}),
+    ("batch size", {"batch_size": 256}),
+    ("hard vs soft", {"distillation_type": "soft", "distillation_alpha": 0.5, "distillation_tau": 1.0}),
+    ("hard vs soft", {"distillation_type": "soft", "distillation_alpha": 0.1, "distillation_tau": 3.0}),
+    ("alpha", {"distillation_alpha": 0.25}),
+    ("alpha", {"distillation_alpha": 0.75}),
+    ("EMA", {"model_ema": True, "model_ema_decay": 0.999}),
+    ("bf16", {"amp": True}),
+    ("torch.compile", {"compile": True}),
+]
+
+
+def row_key(name: str, change: dict[str, Any]) -> str:
+    return f"{name}: {json.dumps(change, sort_keys=True)}" if change else name
+
+
+def base_settings(args: argparse.Namespace, teacher: Path) -> dict[str, Any]:
+    return dict(recipe="small-data", dataset="fashion-mnist", model=STUDENT, teacher_model=TEACHER,
+                teacher_checkpoint=str(teacher), seed=args.seed, progress=False, val_subset=args.val_subset)
+
+
+def train_teacher(args: argparse.Namespace) -> Path:
+    """The shared teacher: the recipe's settings, ``--teacher-epochs`` on all images."""
+    out = args.work / "teacher"
+    if not (out / "best.pth").is_file():
+        train(load_config(None, dict(recipe="small-data", dataset="fashion-mnist", model=TEACHER,
+                                     epochs=args.teacher_epochs, seed=args.seed, output=str(out), progress=False)))
+    return out / "best.pth"
+
+
+def calibrate(settings: dict[str, Any], work: Path) -> float:
+    """Training images/s of these settings, from one epoch on a 4,096-image subset."""
+    probe = dict(settings, epochs=1, train_subset=4096, val_subset=256, warmup_epochs=0, output=str(work))
+    result = train(load_config(None, probe))
+    return result.train_images_per_s
+
+
+def run_row(name: str, change: dict[str, Any], args: argparse.Namespace, teacher: Path) -> dict[str, Any]:
+    settings = {**base_settings(args, teacher), **change}
+    if change.get("amp") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return {"row": name, "change": change, "skipped": "no native bf16 on this CPU "
+                f"({torch.backends.cpu.get_cpu_capability()}): --amp would run fp32"}
+    slug = str(ROWS.index((name, change)))
+    for folder in (args.work / f"calibrate-{slug}", args.work / f"row-{slug}"):
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted attempt of this row
+    ips = calibrate(settings, args.work / f"calibrate-{slug}")
+    epochs = max(1, round(args.budget_s * ips / TRAIN_IMAGES))
+    start = time.perf_counter()
+    result = train(load_config(None, dict(settings, epochs=epochs, output=str(args.work / f"row-{slug}"))))
+    final = result.final
+    return {"row": name, "change": change, "epochs": epochs, "calibrated_images_per_s": ips,
+            "wall_s": time.perf_counter() - start, "top1": final["val_acc1"],
+            "cls": final.get("val_cls_acc1"), "dist": final.get("val_dist_acc1"),
+            "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+def table(results: dict[str, dict[str, Any]], budget_s: float) -> str:
+    base = results.get("base", {}).get("top1")
+    lines = [f"# Small-data sweep (Fashion-MNIST, fixed budget of {budget_s:.0f} s of training per row)", "",
+             "Generated by `benchmarks/small_data_sweep.py` (its docstring says how each row is run). "
+             "Δ is against the base row; one seed per row, so differences under about one point are "
+             "within run-to-run noise (see docs/RESULTS.md for seeded spreads).", "",
+             "| row | change | epochs in budget | test top-1 (fusion) | Δ vs base | cls / dist head | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, change in ROWS:
+        r = results.get(row_key(name, change))
+        shown = ", ".join(f"{k}={v}" for k, v in change.items()) or "the recipe"
+        if r is None:
+            lines.append(f"| {name} | {shown} | not run yet | | | | |")
+        elif "skipped" in r:
+            lines.append(f"| {name} | {shown} | skipped: {r['skipped']} | | | | |")
+        else:
+            delta = f"{r['top1'] - base:+.2f}" if base is not None else ""
+            heads = f"{r['cls']:.2f} / {r['dist']:.2f}" if r.get("cls") is not None else ""
+            lines.append(f"| {name} | {shown} | {r['epochs']} | {r['top1']:.2f} | {delta} | {heads} | "
+                         f"{r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", nargs="+", help="row names to run (default: all)")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="training seconds per row")
+    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--val-subset", type=int, default=None, help="test images per evaluation (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/small_data_sweep"))
+    parser.add_argument("--rerun", action="store_true")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if not args.table_only:
+        teacher = train_teacher(args)
+        for name, change in ROWS:
+            key = row_key(name, change)
+            if (args.rows and name not in args.rows) or (key in results and not args.rerun):
+                continue
+            print(f"== {key}", flush=True)
+            results[key] = run_row(name, change, args, teacher)
+            print(json.dumps(results[key]), flush=True)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(TABLE, table(results, args.budget_s))
+    print(TABLE.read_text())
+
+
+if __name__ == "__main__":
+    main()
