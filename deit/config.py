@@ -65,7 +65,7 @@ class TrainConfig:
     lr: float = 5e-4  # for an effective batch of 512: scaled linearly to the actual one
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
-    warmup_epochs: int = 5
+    warmup_epochs: float = 5  # fractions allowed: the warm-up is counted in updates
     weight_decay: float = 0.05
     clip_grad: float | None = None
     # --- augmentation --------------------------------------------------------------------
@@ -126,8 +126,10 @@ class TrainConfig:
                 positive_int(name)
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected an integer >= 0")
+        if (isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float))
+                or not 0 <= self.warmup_epochs < float("inf")):
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected a number of epochs >= 0 "
+                              "(fractions allowed)")
         for name in ("lr", "min_lr", "warmup_lr"):
             in_range(name, 0.0, 10.0)
         if self.lr <= 0:

@@ -61,11 +61,10 @@ def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str
     print(f"deit demo -> {out}\n{schedule.describe()}", flush=True)
     common = dict(schedule.recipe, dataset="fashion-mnist", data_dir=data_dir, train_subset=schedule.train_subset,
                   progress=progress)
-    teacher_warmup = min(common.get("warmup_epochs", 0), schedule.teacher_epochs - 1)
     results: dict[str, TrainResult] = {}
     print(f"[1/3] teacher {TEACHER}", flush=True)
     results["teacher"] = train(load_config(None, dict(
-        common, model=TEACHER, epochs=schedule.teacher_epochs, lr=schedule.teacher_lr, warmup_epochs=teacher_warmup,
+        common, model=TEACHER, epochs=schedule.teacher_epochs, lr=schedule.teacher_lr,
         output=str(out / "teacher"))))
     teacher_checkpoint = out / "teacher" / "best.pth"
     print(f"[2/3] student {STUDENT} with hard distillation from the teacher", flush=True)

@@ -46,7 +46,7 @@ from deit.fileio import write_text_atomic
 from deit.hub import resolve_pretrained_file, resolve_weights_argument
 from deit.losses import DistillationLoss, build_base_criterion
 from deit.models.deit import DeiT
-from deit.models.registry import model_family
+from deit.models.registry import get_pretrained_cfg, model_family
 from deit.optim import build_optimizer, build_scheduler
 from deit.run_log import RunLog
 from deit.teacher import TIMM_PREFIX, load_teacher, resolve_teacher_name
@@ -145,12 +145,12 @@ def remove_unfinished_run(output: Path, created: Path) -> None:
             return
 
 
-def resolve_warmup_epochs(config: TrainConfig, log: bool = True) -> int:
+def resolve_warmup_epochs(config: TrainConfig, log: bool = True) -> float:
     """``warmup_epochs``, clamped to ``epochs - 1`` so the cosine decay keeps the last epoch
     (``--epochs 1`` trains at the full rate from the start); a clamp is logged."""
     warmup = min(config.warmup_epochs, config.epochs - 1)
     if warmup != config.warmup_epochs and log:
-        logger.warning("--warmup-epochs %d (warmup_epochs) is not shorter than --epochs %d: warming up for %d "
+        logger.warning("--warmup-epochs %g (warmup_epochs) is not shorter than --epochs %d: warming up for %g "
                        "epoch(s) instead, so the cosine decay keeps the last one", config.warmup_epochs,
                        config.epochs, warmup)
     return warmup
@@ -173,9 +173,8 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
                              bad_images=config.bad_images)
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
-    if image_size is None:  # ImageFolder: the model's own size
-        with torch.device("meta"):
-            image_size = getattr(create_model(config.model), "image_size", 224)
+    if image_size is None:  # ImageFolder: the size the variant is made for (timm's pretrained_cfg input_size)
+        image_size = get_pretrained_cfg(config.model).input_size[-1]
     mean, std = dataset_mean_std(config.dataset, train_set)
     mean, std = stats_for_channels(mean, channels), stats_for_channels(std, channels)
     hflip = config.hflip if config.hflip is not None else (0.5 if getattr(train_set, "hflip_ok", True) else 0.0)
@@ -346,7 +345,10 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     distilling = teacher is not None and config.distillation_type != "none"
     if distilling and isinstance(model, DeiT):
         model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
-    model.to(device)
+    # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
+    # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it
+    model.to(device, memory_format=torch.contiguous_format if model_family(config.model) == "vit"
+             else torch.channels_last)
     if teacher is not None:
         teacher.to(device)
 
@@ -367,7 +369,7 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     updates_per_epoch = len(train_loader) // config.accum_steps
     warmup_epochs = resolve_warmup_epochs(config, log=env.is_main)
     scheduler = build_scheduler(optimizer, total_steps=config.epochs * updates_per_epoch,
-                                warmup_steps=warmup_epochs * updates_per_epoch, min_lr=config.min_lr,
+                                warmup_steps=round(warmup_epochs * updates_per_epoch), min_lr=config.min_lr,
                                 warmup_lr=config.warmup_lr)
     mixup_fn = build_mixup(config, num_classes)
     criterion = DistillationLoss(

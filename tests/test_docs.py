@@ -13,8 +13,9 @@ models for ``deit benchmark``, a one-batch schedule for ``deit demo``; a multi-m
 Not run here, with the reason: the commands of docs/models.md that download published
 weights (tested against a local server in tests/test_hub.py), the two set-up lines (the
 second is what CI runs; the first is ``deit demo``, which runs below), ``bash
-scripts/setup.sh`` alone, and ``bash scripts/fashion_results.sh`` (the five runs that
-RESULTS.md also lists one by one: those run below, shortened).
+scripts/setup.sh`` alone, and ``scripts/fashion_results.py`` but for its ``--dry-run`` (hours of
+runs; its commands are tested in tests/test_results.py, one chain of them end to end on a few
+images).
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 DOC_ORDER = ["docs/quickstart.md", "docs/training.md", "docs/models.md", "docs/export.md",
              "docs/troubleshooting.md", "README.md", "docs/RESULTS.md"]
 NOT_RUN = {"bash scripts/setup.sh && .venv/bin/deit demo", "bash scripts/setup.sh && .venv/bin/python -m pytest -q",
-           "bash scripts/setup.sh", "bash scripts/fashion_results.sh"}
+           "bash scripts/setup.sh", "python scripts/fashion_results.py",
+           ".venv/bin/python scripts/fashion_results.py",
+           ".venv/bin/python scripts/fashion_results.py --seeds 0 1 2 student_hard_vit_teacher"}
 # docs/models.md's online commands fetch the published weights from the internet; the same code
 # paths run in tests/test_hub.py against a server on 127.0.0.1, and the offline command runs here
 NOT_RUN |= {

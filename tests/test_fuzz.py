@@ -216,9 +216,10 @@ def train_problems(fields: dict) -> set[str]:
     for name in ("epochs", "batch_size", "accum_steps", "repeated_aug"):
         if not (_is_int(get(name)) and get(name) > 0):
             bad.add(name)
-    for name in ("warmup_epochs", "num_workers"):
-        if not (_is_int(get(name)) and get(name) >= 0):
-            bad.add(name)
+    if not (_is_int(get("num_workers")) and get("num_workers") >= 0):
+        bad.add("num_workers")
+    if not _in(get("warmup_epochs"), 0, float("inf"), open_high=True):
+        bad.add("warmup_epochs")
     if not (_in(get("lr"), 0.0, 10.0) and get("lr") > 0):
         bad.add("lr")
     for name, low, high in (("min_lr", 0, 10), ("weight_decay", 0, 10), ("mixup", 0, 100), ("cutmix", 0, 100),

