@@ -202,8 +202,11 @@ def _infer_resnet(sd: Mapping[str, torch.Tensor]) -> Architecture:
                               "BasicBlocks only; " + _TIMM_TEACHER)
     num_stages = _count_indexed(sd, r"layer(\d+)\.", "ResNet stage (layerN)", start=1)
     depths = tuple(_count_indexed(sd, rf"layer{i}\.(\d+)\.", f"layer{i} block") for i in range(1, num_stages + 1))
-    widths = tuple(int(sd[f"layer{i}.0.conv2.weight"].shape[0]) if f"layer{i}.0.conv2.weight" in sd else 0
-                   for i in range(1, num_stages + 1))
+    missing = [f"layer{i}.0.conv2.weight" for i in range(1, num_stages + 1) if f"layer{i}.0.conv2.weight" not in sd]
+    if missing:
+        raise CheckpointError(f"the ResNet state dict has no {missing[0]}: every stage's first block needs its "
+                              "second convolution (layerI.0.conv2), which gives the stage's width")
+    widths = tuple(int(sd[f"layer{i}.0.conv2.weight"].shape[0]) for i in range(1, num_stages + 1))
     return Architecture(family="resnet", num_classes=_head_rows(sd, "fc.weight"), in_channels=int(stem.shape[1]),
                         depths=depths, widths=widths, stem_width=int(stem.shape[0]))
 

@@ -266,11 +266,15 @@ def describe_recipe(name: str) -> str:
               "Every setting, resolved (defaults < recipe < --config < flags): edit and pass as --config."]
     if with_teacher:
         shown = yaml.safe_dump(with_teacher, default_flow_style=True, sort_keys=False).strip()[1:-1]
-        header.append(f"With a teacher (--teacher-model) the recipe also sets {shown}; in this file, set them "
-                      "yourself: its values win over the recipe's.")
+        header.append(f"With a teacher (--teacher-model) the recipe also sets {shown}; they are left out below, "
+                      "so that the recipe: key still applies them when the file or a flag names a teacher.")
     comment = "".join(textwrap.fill(line, 88, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
                       + "\n" for line in header)
-    return comment + yaml.safe_dump(load_config(None, {"recipe": name}).to_dict(), sort_keys=False)
+    # the distillation keys stay out: an explicit "none" here would beat the recipe's once a
+    # teacher is added to the file, and the recipe: key brings them back with a teacher
+    settings = {k: v for k, v in load_config(None, {"recipe": name}).to_dict().items()
+                if k not in RECIPE_TEACHER_KEYS}
+    return comment + yaml.safe_dump(settings, sort_keys=False)
 
 
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----

@@ -147,8 +147,11 @@ def remove_unfinished_run(output: Path, created: Path) -> None:
 
 def resolve_warmup_epochs(config: TrainConfig, log: bool = True) -> float:
     """``warmup_epochs``, clamped to ``epochs - 1`` so the cosine decay keeps the last epoch
-    (``--epochs 1`` trains at the full rate from the start); a clamp is logged."""
-    warmup = min(config.warmup_epochs, config.epochs - 1)
+    (``--epochs 1`` with the paper's 5 warm-up epochs trains at the full rate from the start;
+    a 1-epoch run keeps a warm-up of a fraction of an epoch); a clamp is logged."""
+    epochs = config.epochs
+    warmup = min(config.warmup_epochs, epochs - 1) if epochs >= 2 else \
+        (config.warmup_epochs if config.warmup_epochs < 1 else 0)
     if warmup != config.warmup_epochs and log:
         logger.warning("--warmup-epochs %g (warmup_epochs) is not shorter than --epochs %d: warming up for %g "
                        "epoch(s) instead, so the cosine decay keeps the last one", config.warmup_epochs,
@@ -174,7 +177,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
     if image_size is None:  # ImageFolder: the size the variant is made for (timm's pretrained_cfg input_size)
-        image_size = get_pretrained_cfg(config.model).input_size[-1]
+        image_size = variant_input_size(config.model)
     mean, std = dataset_mean_std(config.dataset, train_set)
     mean, std = stats_for_channels(mean, channels), stats_for_channels(std, channels)
     hflip = config.hflip if config.hflip is not None else (0.5 if getattr(train_set, "hflip_ok", True) else 0.0)
@@ -206,6 +209,16 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
                    "mean": list(mean), "std": list(std), "num_classes": len(classes),
                    "crop_pct": 1.0, "interpolation": "bicubic", "crop_mode": "center"}  # eval_tf's (build_transform)
     return train_loader, val_loader, classes, data_config
+
+
+def variant_input_size(name: str) -> int:
+    """The input side a registered variant is made for: its pretrained configuration's, else
+    (a variant registered without one) its ``image_size``, else 224."""
+    try:
+        return get_pretrained_cfg(name).input_size[-1]
+    except ConfigError:
+        with torch.device("meta"):
+            return getattr(create_model(name), "image_size", 224)
 
 
 def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
@@ -535,7 +548,8 @@ def finish(run: Run, epochs_run: int) -> TrainResult:
         run.run_log.close()
         summary = {"model": config.model, "dataset": config.dataset, "best_acc1": run.best_acc1,
                    "final": {k: v for k, v in run.final.items() if isinstance(v, (int, float))},
-                   "wall_time_s": wall, "train_images_per_s": result.train_images_per_s}
+                   "wall_time_s": wall, "elapsed_s": run.final.get("elapsed_s", wall),
+                   "train_images_per_s": result.train_images_per_s}
         write_text_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return result
 

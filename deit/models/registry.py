@@ -2,9 +2,9 @@
 
 Names of the DeiT and ConvNeXt variants are timm's, so a checkpoint saved by timm or the
 official DeiT code for ``deit_small_distilled_patch16_224`` loads into the model of the
-same name here. The ``*_patch4_32`` DeiTs, ``convnext_*_32`` ConvNeXts and ``resnet*_32``
-ResNets (He et al. 2016, §4.2) are this library's small-image variants for 28–32 px data
-(Fashion-MNIST, CIFAR, digits).
+same name here. The ``*_patch4_32`` and ``*_patch7_28`` DeiTs, ``convnext_*_32`` ConvNeXts
+and ``resnet*_32`` ResNets (He et al. 2016, §4.2) are this library's small-image variants
+for 28–32 px data (Fashion-MNIST, CIFAR, digits).
 Every name has a pretrained configuration (:mod:`deit.models.pretrained`, timm's
 ``pretrained_cfg``): the input its published weights expect and where those files are.
 """
