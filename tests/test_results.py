@@ -130,7 +130,7 @@ def test_missing_rows_and_single_seeds(tmp_path):
 
 def test_table2_teachers_side_by_side_and_matched(tmp_path):
     _seeds(tmp_path, "teacher_resnet_matched", [83.0, 84.0, 85.0], model="resnet14_32", epochs=1)
-    _seeds(tmp_path, "teacher_vit", [82.0, 83.0, 84.0], model="deit_nano_patch4_32")
+    _seeds(tmp_path, "teacher_vit", [82.0, 83.0, 84.0], model="deit_pico_patch4_32")
     _seeds(tmp_path, "student_hard_matched_cnn_teacher", [(85.0, 1, 1), (86.0, 1, 1), (87.0, 1, 1)])
     _seeds(tmp_path, "student_hard_vit_teacher", [(80.0, 1, 1), (81.0, 1, 1), (82.0, 1, 1)])
     page = _page(tmp_path)
@@ -273,7 +273,7 @@ def test_runner_end_to_end_on_tiny_runs(tmp_path):
     for row in ("teacher_vit", "student_hard_vit_teacher"):
         assert (runs / row / "seed0" / "summary.json").is_file(), row
     line = _row_line(page.read_text(), results.LABELS["student_hard_vit_teacher"])
-    assert "| `deit_nano_patch4_32` (`teacher_vit`) | 1 | 1 | **" in line and "| 256 |" in line
+    assert "| `deit_pico_patch4_32` (`teacher_vit`) | 1 | 1 | **" in line and "| 256 |" in line
 
     (runs / "student_hard_vit_teacher" / "seed0" / "summary.json").unlink()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)

@@ -303,7 +303,7 @@ def test_recipe_precedence_recipe_then_config_file_then_flags(tmp_path):
     assert config.lr == 2e-3 and config.mixup == 0.2  # file > recipe (its lr, 0.0)
     assert config.drop_path == 0.05  # flag > recipe (0.0)
     assert config.batch_size == 128 and config.model_ema is False  # recipe > defaults (64, True)
-    assert config.warmup_lr == 1e-6 and config.color_jitter == 0.3  # defaults the recipe does not set
+    assert config.warmup_lr == 1e-6 and config.hflip is None and config.clip_grad is None  # defaults the recipe does not set
     by_flag = load_config(None, {"recipe": "small-data", "epochs": 30})
     assert (by_flag.epochs, by_flag.lr, by_flag.batch_size) == (30, recipe_values("small-data")["lr"], 128)
     path.write_text(yaml.safe_dump({"recipe": "small-data"}))

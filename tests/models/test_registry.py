@@ -126,14 +126,15 @@ def test_timm_names_build_the_same_vit_as_ours_and_as_timm():
         {k: ours.state_dict()[k].shape for k in ("pos_embed", "patch_embed.proj.weight", "head.weight")}
 
 
-def test_timm_names_for_convnext():
-    aliased = create_model("convnext_atto_32", in_chans=1, drop_rate=0.2, drop_path_rate=0.1, global_pool="avg")
-    native = create_model("convnext_atto_32", in_channels=1, head_dropout=0.2, drop_path_rate=0.1)
+@pytest.mark.parametrize("name, family", [("convnext_atto_32", "ConvNeXt"), ("resnet14_32", "ResNet")])
+def test_timm_names_for_convnets(name, family):
+    aliased = create_model(name, in_chans=1, drop_rate=0.2, drop_path_rate=0.1, global_pool="avg")
+    native = create_model(name, in_channels=1, head_dropout=0.2, drop_path_rate=0.1)
     assert aliased.config == native.config
-    with pytest.raises(ValueError, match="img_size=64 does not apply to convnext_atto_32"):
-        create_model("convnext_atto_32", img_size=64)
-    with pytest.raises(ValueError, match="global_pool='token' is not supported by convnext_atto_32.*'avg'"):
-        create_model("convnext_atto_32", global_pool="token")
+    with pytest.raises(ValueError, match=f"img_size=64 does not apply to {name}: {family} takes any input size"):
+        create_model(name, img_size=64)
+    with pytest.raises(ValueError, match=f"global_pool='token' is not supported by {name}.*'avg'"):
+        create_model(name, global_pool="token")
 
 
 @pytest.mark.parametrize("name, kwargs, message", [

@@ -213,14 +213,6 @@ def test_bad_configurations_name_the_value():
         create_model("resnet8_32")(torch.randn(1, 1, 32, 32))
 
 
-def test_timm_keyword_names():
-    aliased = create_model("resnet14_32", in_chans=1, drop_rate=0.2, drop_path_rate=0.1, global_pool="avg")
-    native = create_model("resnet14_32", in_channels=1, head_dropout=0.2, drop_path_rate=0.1)
-    assert aliased.config == native.config
-    with pytest.raises(ValueError, match="img_size=32 does not apply to resnet14_32: ResNet takes any input size"):
-        create_model("resnet14_32", img_size=32)
-    with pytest.raises(ValueError, match="global_pool='token' is not supported by resnet14_32.*'avg'"):
-        create_model("resnet14_32", global_pool="token")
 
 
 # --- files --------------------------------------------------------------------------------------
