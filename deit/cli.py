@@ -174,6 +174,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from deit import distributed
+    from deit.cache_teacher import fill_teacher_cache
+
+    config = load_config(args.config, overrides_from_args(args))
+    first, last = args.epoch_range if args.epoch_range is not None else (0, config.epochs)
+    if not 0 <= first < last:
+        raise ConfigError(f"--epoch-range {first} {last} is invalid; expected FIRST LAST with 0 <= FIRST < LAST "
+                          "(epochs FIRST .. LAST-1)")
+    counts = fill_teacher_cache(config, range(first, last), world_size=args.world_size)
+    if distributed.detect().is_main:
+        print(f"teacher cache {config.teacher_cache}: epochs {first}..{last - 1}, {counts['misses']} outputs "
+              f"computed, {counts['hits']} already stored, {counts['epochs_skipped']} complete epoch share(s) "
+              f"skipped, {counts['wall_time_s']:.0f} s")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     if args.name is not None:
         print(describe_recipe(args.name), end="")
@@ -230,7 +247,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                       checkpoint_dir=args.checkpoint_dir))
     if (args.checkpoint is None) == (args.onnx is None):
         raise ConfigError("give exactly one of --checkpoint CKPT (PyTorch) or --onnx MODEL.onnx (onnxruntime)")
-    if args.onnx is not None:
+    if args.quantize is not None and args.onnx is not None:
+        raise ConfigError("--quantize int8 quantises a --checkpoint; an --onnx file is run as it is (write an int8 one "
+                          "with deit export --quantize int8)")
+    if args.compile and (args.onnx is not None or args.quantize is not None):
+        raise ConfigError("--compile applies to the PyTorch model of --checkpoint, not to ONNX Runtime "
+                          "(--onnx / --quantize)")
+    if args.quantize is not None:
+        from deit.export import int8_predictor
+
+        predictor = int8_predictor(args.checkpoint, use_ema=args.ema, model_name=args.model,
+                                        overrides=preprocessing_overrides(args))
+    elif args.onnx is not None:
         from deit.onnx_predict import OnnxPredictor
 
         if any(v is not None for v in preprocessing_overrides(args).values()):
@@ -239,7 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = OnnxPredictor(args.onnx)
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model,
-                                              overrides=preprocessing_overrides(args))
+                                              overrides=preprocessing_overrides(args), compile=args.compile)
     found = find_images(args.images)
     readable = predictor.predict_files([path for path, error in found if error is None], topk=args.topk,
                                        batch_size=args.batch_size)
@@ -263,14 +291,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export_checkpoint(args.checkpoint, args.output, head=args.head, fmt=args.format, use_ema=args.ema,
                                opset=args.opset, atol=args.atol, data_dir=args.data_dir, verify=not args.no_verify,
-                               overrides=preprocessing_overrides(args))
+                               overrides=preprocessing_overrides(args), quantize=args.quantize)
     meta = report["metadata"]
     print(f"wrote {report['path']}: {meta['model_name']}, input images (batch, {meta['in_channels']}, "
           f"{meta['image_size']}, {meta['image_size']}), outputs {', '.join(meta['outputs'])}, "
           f"{len(meta['classes'])} classes")
     for inputs, errors in report["max_abs_diff"].items():
-        shown = ", ".join(f"{name} {err:.2e}" for name, err in errors.items())
-        print(f"  verified on {inputs} images: max |exported - PyTorch| {shown} (tolerance {args.atol:g})")
+        shown = ", ".join(f"{name} {err:.2e}" for name, err in errors.items() if not name.endswith("_agreement"))
+        agreement = ", ".join(f"{name[:-len('_top1_agreement')]} {100 * v:.1f}%" for name, v in errors.items()
+                              if name.endswith("_agreement"))
+        print(f"  verified on {inputs} images: max |exported - PyTorch| {shown} (bound {report['atol']:g})"
+              + (f"; top-1 equal to PyTorch's: {agreement}" if agreement else ""))
     return 0
 
 
@@ -347,6 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cache-teacher", help="fill a --teacher-cache ahead of deit train: the teacher's outputs "
+                                             "for the exact views of the given epochs; torchrun-aware",
+                       description="Run the teacher over the replayed views of the run that the settings describe "
+                                   "(the same --config/--recipe/flags as its deit train, with --teacher-cache DIR) "
+                                   "and store its outputs, so that training reads them instead of running the "
+                                   "teacher. Machines can fill different --epoch-range's of one directory.")
+    p.add_argument("--config", help="YAML file of settings, as for deit train")
+    p.add_argument("--epoch-range", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                   help="epochs FIRST .. LAST-1 (default: every epoch of --epochs)")
+    p.add_argument("--world-size", type=int, metavar="N",
+                   help="fill the shares of a run of N processes (torchrun --nproc_per_node N) from this one "
+                        "process; under torchrun each process fills its own (default: 1)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_cache_teacher)
+
     p = sub.add_parser("recipes", help="list the training recipes shipped with deit (deit train --recipe NAME), "
                                        "or print one's resolved settings as YAML for a --config file")
     p.add_argument("name", nargs="?", metavar="NAME", help="a recipe: print every setting it gives a run")
@@ -381,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="int8: run --checkpoint through ONNX Runtime with int8 matrix products (exported and "
+                        "quantised on the fly, as deit export --quantize int8)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model before predicting (the first batch pays the compilation)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (an unreadable file gives "
                                                        "{\"image\": ..., \"error\": ...}); exit code 1 if any failed")
     add_preprocessing_arguments(p)
@@ -398,7 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "return_logits_type, fusion for a distilled DeiT)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights stored in the checkpoint")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance on logits")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="int8: dynamic int8 quantisation of the matrix products by ONNX Runtime (a .onnx output), "
+                        "verified by top-1 agreement with fp32 on real images and a logit bound (--atol)")
+    p.add_argument("--atol", type=float, help="verification bound on |exported - PyTorch| logits (default 1e-4; with "
+                                              "--quantize int8: 0.5)")
     p.add_argument("--data-dir", help="data folder for IDX-file data sets (real-image verification)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     add_preprocessing_arguments(p)

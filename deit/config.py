@@ -50,6 +50,8 @@ class TrainConfig:
     distillation_alpha: float | None = None  # None: 0.1 soft, 0.5 hard (paper)
     distillation_tau: float | None = None  # None: 3.0 (paper)
     kl_reduction: str = "batchmean"
+    teacher_cache: str | None = None  # directory of the teacher's stored outputs (deit.teacher_cache)
+    teacher_cache_topk: int = 10  # soft distillation: logits kept per view
     # --- data ----------------------------------------------------------------------------
     dataset: str = "digits"  # digits | fashion-mnist | mnist | path to an ImageFolder root
     data_dir: str | None = None
@@ -162,6 +164,14 @@ class TrainConfig:
                     isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
                 raise ConfigError(f"{name}={values!r} is invalid; expected 1 or 3 numbers in [0, 1] (one per channel "
                                   "of the teacher's input, in the units of pixels scaled to [0, 1])")
+        if self.teacher_cache is not None and self.distillation_type == "none":
+            raise ConfigError(f"teacher_cache={self.teacher_cache!r} stores distillation targets, but "
+                              "distillation_type is 'none'; set --distillation-type hard or soft, or drop "
+                              "--teacher-cache")
+        if isinstance(self.teacher_cache_topk, bool) or not isinstance(self.teacher_cache_topk, int) \
+                or self.teacher_cache_topk < 1:
+            raise ConfigError(f"teacher_cache_topk={self.teacher_cache_topk!r} is invalid; expected a positive "
+                              "integer (logits kept per view)")
         if self.teacher_pretrained and not self.teacher_model:
             raise ConfigError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
                               "with published weights, or drop --teacher-pretrained")
@@ -335,6 +345,12 @@ HELP: dict[str, tuple[str, str]] = {
                                          "official code's flag defaults to 1.0)"),
     "kl_reduction": ("distillation", "reduction of the soft KL term: batchmean (per sample, the KL's definition) "
                                      "or official (divided by batch x classes, as the official losses.py)"),
+    "teacher_cache": ("distillation", "directory storing the teacher's outputs for the exact views the student "
+                                      "sees (augmentations replayed from seed, epoch and position, TinyViT's fast "
+                                      "distillation): read where present, computed live and stored where not; "
+                                      "fill it ahead with deit cache-teacher. Refused if made with other settings"),
+    "teacher_cache_topk": ("distillation", "soft distillation from a teacher cache: logits stored per view (the "
+                                           "rest of the probability mass is spread evenly, as TinyViT)"),
     "dataset": ("data", "digits, fashion-mnist, mnist, or the path of an image folder holding train/ and val/ "
                         "with one sub-folder per class"),
     "data_dir": ("data", "folder with the four IDX files: required for mnist; for fashion-mnist none means "

@@ -19,6 +19,7 @@ from torch import nn
 
 from deit import distributed
 from deit._validation import engine_loop
+from deit.data.replay import ReplayMixup
 from deit.errors import DeitError
 from deit.losses import DistillationLoss
 from deit.models.deit import DeiT
@@ -81,6 +82,7 @@ def train_one_epoch(
     accum_steps: int = 1,
     clip_grad: float | None = None,
     progress: bool = False,
+    teacher_cache=None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``. Returns ``(metrics, num_updates)``; ``train_images`` counts
     the samples that went through the model in this epoch, summed over processes
@@ -89,6 +91,12 @@ def train_one_epoch(
     Gradient accumulation: ``accum_steps`` micro-batches make one optimizer update (the
     effective batch is ``batch_size * accum_steps * world_size`` whatever fits in memory);
     trailing micro-batches that cannot fill a whole update are skipped.
+
+    Replayable batches (``(images, targets, keys)`` from a ``replay=True`` loader,
+    :mod:`deit.data.replay`) draw their Mixup/CutMix from the batch's keys; with a
+    ``teacher_cache`` (:class:`deit.teacher_cache.TeacherCache`) the distillation targets
+    come from it — stored outputs, or the live teacher on a miss — and the student runs
+    without its teacher.
 
     One host synchronisation per update: the micro-batches' loss terms stay on the device
     until the update, where a single copy to the host checks that each loss is finite —
@@ -106,18 +114,22 @@ def train_one_epoch(
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, mininterval=1.0,
                leave=False)
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, targets) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if step >= steps:
             break
+        images, targets, keys = batch if len(batch) == 3 else (*batch, None)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
+            images, targets = mixup_fn(images, targets, keys) if isinstance(mixup_fn, ReplayMixup) else \
+                mixup_fn(images, targets)
         last_micro_step = (step + 1) % accum_steps == 0
         sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with amp.autocast(device), engine_loop():
                 student_out, teacher_out = _split_outputs(model, model(images))
+                if teacher_cache is not None:
+                    teacher_out = teacher_cache.targets(images, keys)  # (B, K)
                 terms = criterion.compute(images, student_out, targets, teacher_outputs=teacher_out)
             pending.append(torch.stack([t.detach().float() for t in terms]))  # (3,): total, base, distillation
             batch_sizes.append(images.shape[0])

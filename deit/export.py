@@ -8,6 +8,10 @@ logits, the paper's DeiT⚗ prediction), ``"cls"``, ``"dist"`` or ``"all"`` (thr
 ``cls``, ``dist``, ``fusion``); a ViT, ConvNeXt or ResNet has one output, ``logits``. The
 batch axis is dynamic.
 
+``quantize="int8"`` writes an ONNX file whose matrix products run in int8
+(:mod:`deit.quantize`), verified by top-1 agreement with the fp32 model and a stated logit
+bound instead of the fp32 tolerance.
+
 Everything needed to use the file without this library travels inside it (ONNX
 ``metadata_props`` / TorchScript ``_extra_files["deit.json"]``): model name, image size,
 channels, mean/std, resize/crop rule (``crop_pct``, ``interpolation``), class names and output names — see
@@ -35,8 +39,10 @@ from deit.fileio import atomic_write
 from deit.inference import load_for_inference
 from deit.onnx_predict import read_onnx_metadata
 from deit.preprocessing import PREPROCESSING_KEYS, resolve_labels, resolve_preprocessing
+from deit.quantize import INT8_LOGIT_BOUND, INT8_MIN_AGREEMENT, QUANTIZATIONS, compare_int8, quantize_onnx_int8
 
-__all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_model", "verify_export"]
+__all__ = ["EXPORT_FORMATS", "HEADS", "ExportHead", "export_metadata", "export_model", "int8_predictor",
+           "verify_export"]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 HEADS = ("fusion", "cls", "dist", "all")
@@ -109,7 +115,7 @@ def export_metadata(model: nn.Module, data_config: Mapping[str, Any], classes: S
 def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, head: str | None = None,
                  data_config: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None,
                  opset: int = 18, batch_size: int = 2, overrides: Mapping[str, Any] | None = None,
-                 class_ids: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
+                 class_ids: Sequence[str] | None = None, quantize: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Write ``model`` as ONNX (``.onnx``) or TorchScript (``.pt``/``.ts``/``.torchscript``).
 
     Args:
@@ -119,6 +125,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None =
             checkpoint; recorded as metadata (``classes=None``: the variant's labels).
         overrides: preprocessing settings given by the user (``--mean`` ...).
         batch_size: batch of the example input used to trace (the batch axis stays dynamic).
+        quantize: ``"int8"`` (ONNX only): dynamic int8 quantisation (:mod:`deit.quantize`).
 
     Returns ``(path, metadata)``. The file is written atomically.
     """
@@ -129,11 +136,20 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str | None =
         raise ConfigError(f"cannot tell the export format from {path.name}: expected a .onnx file (ONNX) or "
                           ".pt / .ts / .torchscript (TorchScript), or pass fmt=")
     check_choice("fmt", fmt, EXPORT_FORMATS)
+    if quantize is not None:
+        check_choice("quantize", quantize, QUANTIZATIONS)
+        if fmt != "onnx":
+            raise ConfigError(f"--quantize {quantize} writes ONNX (ONNX Runtime runs the int8 kernels); got "
+                              f"{path.name}: use a .onnx output")
     wrapper = ExportHead(model, head)
     data_config = dict(data_config or {})
     metadata = export_metadata(model, data_config, classes, wrapper.output_names, overrides, class_ids)
+    if quantize is not None:
+        metadata["quantization"] = f"{quantize} dynamic (onnxruntime)"
     example = torch.randn(batch_size, metadata["in_channels"], metadata["image_size"], metadata["image_size"])
-    if fmt == "onnx":
+    if quantize is not None:
+        atomic_write(path, lambda tmp: _write_onnx_int8(wrapper, example, tmp, metadata, opset))
+    elif fmt == "onnx":
         atomic_write(path, lambda tmp: _write_onnx(wrapper, example, tmp, metadata, opset))
     else:
         atomic_write(path, lambda tmp: _write_torchscript(wrapper, example, tmp, metadata))
@@ -169,6 +185,16 @@ def _write_onnx(wrapper: ExportHead, example: torch.Tensor, tmp: Path, metadata:
     graph.producer_name = "deit"
     onnx.checker.check_model(graph)
     onnx.save(graph, str(tmp))
+
+
+def _write_onnx_int8(wrapper: ExportHead, example: torch.Tensor, tmp: Path, metadata: dict[str, Any],
+                     opset: int) -> None:
+    fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
+    try:
+        _write_onnx(wrapper, example, fp32, metadata, opset)
+        quantize_onnx_int8(fp32, tmp)
+    finally:
+        fp32.unlink(missing_ok=True)
 
 
 def _write_torchscript(wrapper: ExportHead, example: torch.Tensor, tmp: Path, metadata: dict[str, Any]) -> None:
@@ -207,8 +233,12 @@ def run_exported(path: str | os.PathLike, images: torch.Tensor) -> list[np.ndarr
 
 
 def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tensor, *, head: str | None = None,
-                  atol: float = 1e-4) -> dict[str, float]:
-    """Max |exported - PyTorch| per output on ``images``; raises ``AssertionError`` above ``atol``."""
+                  atol: float = 1e-4, int8_min_agreement: float | None = None) -> dict[str, float]:
+    """Max |exported - PyTorch| per output on ``images``; raises ``AssertionError`` above ``atol``.
+
+    ``int8_min_agreement`` (an int8 file): ``atol`` is then the logit bound, and each
+    output's top-1 must also equal PyTorch's on that share of the images (``None``: the
+    bound alone, e.g. on random inputs whose top classes nearly tie)."""
     wrapper = ExportHead(model, head)
     with torch.no_grad():
         expected = wrapper(images)
@@ -217,6 +247,12 @@ def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tenso
     if len(got) != len(expected):
         raise AssertionError(f"{path} returned {len(got)} outputs; expected {len(expected)}")
     errors = {name: float(np.abs(g - e).max()) for name, g, e in zip(wrapper.output_names, got, expected)}
+    if int8_min_agreement is not None or load_metadata(path).get("quantization"):
+        for name, g, e in zip(wrapper.output_names, got, expected):
+            agreement = compare_int8(e.reshape(len(e), -1), g.reshape(len(g), -1))
+            agreement.check(logit_bound=atol, min_agreement=int8_min_agreement, what=f"{path} ({name})")
+            errors[f"{name}_top1_agreement"] = agreement.top1_agreement
+        return errors
     worst = max(errors.values())
     if not worst <= atol:
         raise AssertionError(f"{path} differs from the PyTorch model by {worst:.3g} (> {atol}) on "
@@ -243,27 +279,54 @@ def real_images(data_config: Mapping[str, Any], metadata: Mapping[str, Any], cou
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, head: str | None = None,
-                      fmt: str | None = None, use_ema: bool = False, opset: int = 18, atol: float = 1e-4,
+                      fmt: str | None = None, use_ema: bool = False, opset: int = 18, atol: float | None = None,
                       data_dir: str | None = None, verify: bool = True,
-                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      overrides: Mapping[str, Any] | None = None, quantize: str | None = None) -> dict[str, Any]:
     """``deit export``: checkpoint -> ONNX/TorchScript file, verified on random images (a batch
     size other than the traced one, so the dynamic axis is exercised) and on real images of
-    the checkpoint's data set when it is available. Returns a report dict."""
+    the checkpoint's data set when it is available. Returns a report dict.
+
+    ``quantize="int8"``: ``atol`` is the logit bound (None: :data:`deit.quantize.INT8_LOGIT_BOUND`)
+    and on real images the top-1 must agree with fp32 on :data:`~deit.quantize.INT8_MIN_AGREEMENT`
+    of them."""
 
     model, meta = load_for_inference(checkpoint, use_ema=use_ema)
     path, metadata = export_model(model, output, fmt=fmt, head=head, data_config=meta["data_config"],
                                   classes=meta["classes"], opset=opset, overrides=overrides,
-                                  class_ids=meta["class_ids"])
-    report: dict[str, Any] = {"path": str(path), "metadata": metadata, "max_abs_diff": {}}
+                                  class_ids=meta["class_ids"], quantize=quantize)
+    if quantize is not None and atol is None:
+        atol = INT8_LOGIT_BOUND
+    atol = 1e-4 if atol is None else atol
+    report: dict[str, Any] = {"path": str(path), "metadata": metadata, "max_abs_diff": {}, "atol": atol}
     if verify:
         generator = torch.Generator().manual_seed(0)
         size, channels = metadata["image_size"], metadata["in_channels"]
         random = torch.randn(5, channels, size, size, generator=generator)  # (5, C, H, W)
         try:
             report["max_abs_diff"]["random"] = verify_export(path, model, random, head=head, atol=atol)
-            real = real_images(meta["data_config"], metadata, data_dir=data_dir)
+            real = real_images(meta["data_config"], metadata, data_dir=data_dir, count=32 if quantize else 8)
             if real is not None:
-                report["max_abs_diff"]["real"] = verify_export(path, model, real, head=head, atol=atol)
+                report["max_abs_diff"]["real"] = verify_export(
+                    path, model, real, head=head, atol=atol,
+                    int8_min_agreement=INT8_MIN_AGREEMENT if quantize else None)
         except AssertionError as err:
             raise ConfigError(f"export verification failed: {err}. The file is kept for inspection.") from None
     return report
+
+
+def int8_predictor(checkpoint: str | os.PathLike, *, use_ema: bool = False, model_name: str | None = None,
+                   overrides: Mapping[str, Any] | None = None):
+    """``deit predict --quantize int8``: the checkpoint exported to an int8 ONNX model in a
+    temporary folder and loaded into ONNX Runtime (which keeps the graph in memory), with
+    the checkpoint's preprocessing and class names. Returns an
+    :class:`~deit.onnx_predict.OnnxPredictor`."""
+    import tempfile
+
+    from deit.onnx_predict import OnnxPredictor
+
+    model, meta = load_for_inference(checkpoint, model_name=model_name, use_ema=use_ema)
+    with tempfile.TemporaryDirectory(prefix="deit-int8-") as folder:
+        path, _ = export_model(model, Path(folder) / "model.onnx", data_config=meta["data_config"],
+                               classes=meta["classes"], overrides=overrides, class_ids=meta["class_ids"],
+                               quantize="int8")
+        return OnnxPredictor(path)

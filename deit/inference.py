@@ -203,12 +203,15 @@ class Predictor:
         overrides: user settings (``mean``, ``std``, ``crop_pct``, ``interpolation``).
         source: the file's name, for the warning when no preprocessing is known.
         class_ids: ids beside ``classes`` (e.g. WordNet synsets), where the file has them.
+        compile: run the model through ``torch.compile`` (``deit predict --compile``).
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str] | None = None,
                  data_config: Mapping[str, Any] | None = None, *, overrides: Mapping[str, Any] | None = None,
-                 source: str = "the weights", class_ids: Sequence[str] | None = None) -> None:
+                 source: str = "the weights", class_ids: Sequence[str] | None = None,
+                 compile: bool = False) -> None:
         self.model = model.eval()
+        self.forward = torch.compile(self._logits) if compile else self._logits
         self.classes, self.class_ids = resolve_labels(model, classes, class_ids)
         self.preprocessing = resolve_preprocessing(model, data_config, overrides, source=source)
         self.in_channels = self.preprocessing["in_channels"]
@@ -216,10 +219,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = False, model_name: str | None = None,
-                        overrides: Mapping[str, Any] | None = None) -> "Predictor":
+                        overrides: Mapping[str, Any] | None = None, compile: bool = False) -> "Predictor":
         model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
         return cls(model, meta["classes"], meta["data_config"], overrides=overrides, source=str(path),
-                   class_ids=meta["class_ids"])
+                   class_ids=meta["class_ids"], compile=compile)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's prediction logits (B, K): a DeiT's own eval output."""
+        return self.model.student_model(batch) if hasattr(self.model, "student_model") else self.model(batch)
 
     def _entry(self, index: int, probability: float) -> dict[str, Any]:
         entry: dict[str, Any] = {"class": self.classes[index]}
@@ -247,7 +254,7 @@ class Predictor:
             if not tensors:
                 continue
             batch = torch.stack(tensors)  # (B, C, H, W)
-            logits = self.model.student_model(batch) if hasattr(self.model, "student_model") else self.model(batch)
+            logits = self.forward(batch)  # (B, K)
             probabilities = logits.float().softmax(dim=-1)  # (B, K)
             top = probabilities.topk(min(topk, probabilities.shape[1]), dim=-1)
             for item, values, indices in zip(good, top.values.tolist(), top.indices.tolist()):

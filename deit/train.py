@@ -37,7 +37,8 @@ from deit.checkpoint import (
 )
 from deit.config import TrainConfig
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-from deit.data.datasets import stratified_indices
+from deit.data.datasets import dataset_fingerprint, stratified_indices
+from deit.data.replay import ReplayMixup
 from deit import distributed
 from deit.engine import Amp, evaluate, train_one_epoch
 from deit.errors import ConfigError
@@ -50,6 +51,7 @@ from deit.models.registry import get_pretrained_cfg, model_family
 from deit.optim import build_optimizer, build_scheduler
 from deit.run_log import RunLog
 from deit.teacher import TIMM_PREFIX, load_teacher, resolve_teacher_name
+from deit.teacher_cache import TeacherCache, device_kind, module_fingerprint
 
 logger = logging.getLogger("deit")
 
@@ -200,7 +202,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv):
     loader_args = dict(num_workers=config.num_workers, world_size=env.world_size, rank=env.rank, seed=config.seed,
                        pin_memory=pin)
     train_loader = build_loader(train_set, batch_size=config.batch_size, is_train=True,
-                                repeated_aug=config.repeated_aug, **loader_args)
+                                repeated_aug=config.repeated_aug, replay=True, **loader_args)
     val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
     if len(train_loader) < config.accum_steps:
         raise ConfigError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
@@ -319,6 +321,7 @@ class Run:
     run_log: RunLog | None = None
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
     throughput: list[float] = field(default_factory=list)  # train images/s, per epoch
+    teacher_cache: TeacherCache | None = None  # the distillation targets' store (--teacher-cache)
 
 
 def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
@@ -356,7 +359,10 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
     teacher = build_teacher(config, num_classes, data_config)
     distilling = teacher is not None and config.distillation_type != "none"
-    if distilling and isinstance(model, DeiT):
+    amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
+    teacher_cache = build_teacher_cache(config, env, device, train_loader, teacher, num_classes, amp) \
+        if distilling else None
+    if distilling and isinstance(model, DeiT) and teacher_cache is None:
         model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
     # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
     # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it
@@ -390,7 +396,6 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
         teacher=None if isinstance(model, DeiT) else teacher,
         distillation_type=config.distillation_type if distilling else "none",
         alpha=config.distillation_alpha, tau=config.distillation_tau, kl_reduction=config.kl_reduction)
-    amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     scaler = torch.amp.GradScaler("cuda") if config.amp and config.amp_dtype == "float16" and device.type == "cuda" \
         else None
 
@@ -401,7 +406,7 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
                val_loader=val_loader, classes=classes, data_config=data_config, model=model, net=net,
                teacher=teacher, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                criterion=criterion, mixup_fn=mixup_fn, amp=amp, resolved=resolved, lr=lr,
-               effective_batch=effective_batch, updates_per_epoch=updates_per_epoch)
+               effective_batch=effective_batch, updates_per_epoch=updates_per_epoch, teacher_cache=teacher_cache)
 
 
 def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, Any]) -> nn.Module | None:
@@ -425,14 +430,80 @@ def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, 
 
 def build_mixup(config: TrainConfig, num_classes: int):
     """timm's Mixup/CutMix on whole batches with label smoothing folded into the soft
-    targets (the official ``main.py``), or ``None`` when both are off."""
+    targets (the official ``main.py``), drawn from each batch's replay keys
+    (:class:`deit.data.replay.ReplayMixup`), or ``None`` when both are off."""
     if not ((config.mixup > 0 or config.cutmix > 0) and config.mixup_prob > 0):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                 switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
-                 num_classes=num_classes)
+    return ReplayMixup(Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                             switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
+                             num_classes=num_classes), seed=config.seed)
+
+
+def teacher_cache_identity(config: TrainConfig, env: distributed.DistEnv, train_loader, teacher: nn.Module,
+                           amp: Amp, samples_per_epoch: int) -> dict[str, Any]:
+    """What a teacher-output cache's rows depend on (:mod:`deit.teacher_cache`): the teacher's
+    weights, the images (data set fingerprint), every setting of the views (transform,
+    Mixup/CutMix, repeated augmentation, seed, batch size, world size), the targets' kind, τ
+    and k, the teacher's precision and the versions of the augmentation libraries."""
+    import PIL
+    import timm
+    import torchvision
+
+    replay = train_loader.dataset  # deit.data.replay.ReplayDataset
+    mixing = config.mixup_prob > 0 and (config.mixup > 0 or config.cutmix > 0)
+    soft = config.distillation_type == "soft"
+    return {
+        "teacher_model": config.teacher_model, "teacher_weights_sha256": module_fingerprint(teacher),
+        "dataset_fingerprint": dataset_fingerprint(replay.dataset), "dataset_size": len(replay),
+        "transform": repr(_train_transform(replay.dataset)),
+        "auto_augment": config.auto_augment,
+        "mixup": {"mixup": config.mixup, "cutmix": config.cutmix, "prob": config.mixup_prob,
+                  "switch_prob": config.mixup_switch_prob} if mixing else None,
+        "repeated_aug": config.repeated_aug, "seed": config.seed, "batch_size": config.batch_size,
+        "world_size": env.world_size, "samples_per_epoch": samples_per_epoch,
+        "targets": {"kind": config.distillation_type, "tau": resolved_tau(config) if soft else None,
+                    "topk": config.teacher_cache_topk if soft else None},
+        "teacher_precision": str(amp.dtype).replace("torch.", "") if amp.enabled else "float32",
+        "versions": {"timm": timm.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__},
+    }
+
+
+def _train_transform(dataset):
+    while not hasattr(dataset, "transform") and hasattr(dataset, "dataset"):  # through a Subset
+        dataset = dataset.dataset
+    return dataset.transform
+
+
+def resolved_tau(config: TrainConfig) -> float:
+    """τ of soft distillation: the configured one, else the paper's."""
+    from deit.losses import PAPER_TAU
+
+    return float(config.distillation_tau if config.distillation_tau is not None else PAPER_TAU)
+
+
+def build_teacher_cache(config: TrainConfig, env: distributed.DistEnv, device: torch.device, train_loader,
+                        teacher: nn.Module, num_classes: int, amp: Amp, *, rank: int | None = None
+                        ) -> TeacherCache | None:
+    """The ``--teacher-cache`` of this process (``rank``: another share, for ``deit
+    cache-teacher`` filling every rank's in one process), or ``None`` without one."""
+    if not config.teacher_cache:
+        return None
+    steps = (len(train_loader) // config.accum_steps) * config.accum_steps  # the batches an epoch trains on
+    samples = steps * config.batch_size
+    identity = teacher_cache_identity(config, env, train_loader, teacher, amp, samples)
+    rank = env.rank if rank is None else rank
+    kwargs = dict(directory=Path(config.teacher_cache), identity=identity, teacher=teacher,
+                  num_classes=num_classes, kind=config.distillation_type, batch_size=config.batch_size,
+                  samples_per_epoch=samples, world_size=env.world_size, rank=rank, tau=resolved_tau(config),
+                  topk=config.teacher_cache_topk, machine=device_kind(device))
+    if env.is_main:  # writes cache.json when the directory is new; the others then read it
+        cache = TeacherCache(**kwargs)
+    distributed.barrier()
+    if not env.is_main:
+        cache = TeacherCache(**kwargs)
+    return cache
 
 
 def resume(run: Run, saved: dict[str, Any]) -> None:
@@ -487,7 +558,7 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
         run.net, run.criterion, run.train_loader, run.optimizer, device=run.device, epoch=epoch,
         num_updates=run.num_updates, scheduler=run.scheduler, mixup_fn=run.mixup_fn, ema=run.ema, amp=run.amp,
         scaler=run.scaler, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
-        progress=config.progress and run.env.is_main)
+        progress=config.progress and run.env.is_main, teacher_cache=run.teacher_cache)
     run.throughput.append(train_metrics["train_images_per_s"])
     run.images_seen += train_metrics["train_images"]
     metrics = dict(train_metrics)
@@ -540,6 +611,7 @@ def finish(run: Run, epochs_run: int) -> TrainResult:
     """The curves and ``summary.json`` (main process); the run's result."""
     config = run.config
     wall = time.perf_counter() - run.start_time
+    cache_stats = reduce_cache_stats(run.teacher_cache, run.device) if run.teacher_cache is not None else None
     result = TrainResult(output=run.output, final=run.final, best_acc1=run.best_acc1, epochs_run=epochs_run,
                          wall_time_s=wall,
                          train_images_per_s=float(np.median(run.throughput)) if run.throughput else float("nan"))
@@ -550,14 +622,27 @@ def finish(run: Run, epochs_run: int) -> TrainResult:
                    "final": {k: v for k, v in run.final.items() if isinstance(v, (int, float))},
                    "wall_time_s": wall, "elapsed_s": run.final.get("elapsed_s", wall),
                    "train_images_per_s": result.train_images_per_s}
+        if cache_stats is not None:
+            summary["teacher_cache"] = cache_stats
         write_text_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return result
+
+
+def reduce_cache_stats(cache: TeacherCache, device: torch.device) -> dict[str, Any]:
+    """This invocation's teacher-cache counts summed over processes."""
+    stats = cache.stats
+    counts = torch.tensor([stats.hits, stats.misses, stats.rewritten_shards, stats.checked, stats.agreed],
+                          dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(counts)  # on the device: NCCL reduces device tensors only
+    stats.hits, stats.misses, stats.rewritten_shards, stats.checked, stats.agreed = (int(v) for v in counts.tolist())
+    return stats.as_dict()
 
 
 def _skipped_images(loader) -> int:
     """Unreadable files an image folder skipped (``bad_images="skip"``); 0 otherwise."""
     dataset = loader.dataset
-    dataset = getattr(dataset, "dataset", dataset)  # through a Subset
+    while hasattr(dataset, "dataset"):  # through the replay wrapper and a Subset
+        dataset = dataset.dataset
     return int(getattr(dataset, "skipped", 0))
 
 

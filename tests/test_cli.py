@@ -12,7 +12,7 @@ from deit.cli import build_parser, main
 from tests.conftest import perturb_
 
 # (deit benchmark itself is exercised in tests/test_benchmark.py, deit recipes in tests/test_train.py)
-SUBCOMMANDS = ["demo", "train", "recipes", "eval", "predict", "export", "visualize", "benchmark", "list-models", "info",
+SUBCOMMANDS = ["demo", "train", "cache-teacher", "recipes", "eval", "predict", "export", "visualize", "benchmark", "list-models", "info",
                "convert"]
 
 

@@ -580,7 +580,7 @@ def test_grey_folder_trains_on_one_channel_and_subsets_span_the_classes(tmp_path
                                 "output": str(tmp_path / "r")})
     train_loader, _, classes, data_config = build_data(config, distributed.DistEnv())
     assert data_config["in_channels"] == 1 and classes == ["cls0", "cls1", "cls2"]
-    subset = train_loader.dataset
+    subset = train_loader.dataset.dataset  # the Subset inside the replay wrapper (deit.data.replay)
     counts = Counter(subset.dataset.targets[i] for i in subset.indices)
     assert counts == {0: 20, 1: 15, 2: 10}  # 45 of 90, class proportions 4:3:2 (the first 45 files: class 0 only)
     image, _ = subset[0]

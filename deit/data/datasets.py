@@ -43,7 +43,7 @@ from deit.errors import ConfigError, DeitError
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
-    "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
+    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -460,3 +460,34 @@ def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> Dat
     return DatasetInfo(key, num_classes=len(dataset.classes), channels=getattr(dataset, "channels", 3),
                        native_size=getattr(dataset, "native_size", None),
                        hflip_ok=getattr(dataset, "hflip_ok", True))
+
+
+# --- identity -------------------------------------------------------------------------------
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A SHA-256 naming the images and labels of ``dataset``, what a teacher-output cache
+    records (:mod:`deit.teacher_cache`): for an image folder the file list with each file's
+    class, size and modification time (reading every file would cost as much as an epoch);
+    for an in-memory set the content of its arrays; through a ``Subset`` its indices too.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    while isinstance(dataset, torch.utils.data.Subset):
+        digest.update(b"subset" + np.asarray(dataset.indices, dtype=np.int64).tobytes())
+        dataset = dataset.dataset
+    if isinstance(dataset, ArrayImageDataset):
+        digest.update(b"array" + repr(dataset.images.shape).encode())
+        digest.update(np.ascontiguousarray(dataset.images).tobytes())
+        digest.update(dataset.targets_array.tobytes())
+    elif isinstance(dataset, ImageFolder):
+        digest.update(b"folder")
+        root = Path(dataset.root)
+        for path, target in dataset.samples:
+            stat = os.stat(path)
+            digest.update(f"{Path(path).relative_to(root)}\0{target}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    else:
+        raise ConfigError(f"cannot fingerprint a {type(dataset).__name__}; expected an ImageFolder, an "
+                          "ArrayImageDataset or a Subset of one")
+    digest.update(repr(list(getattr(dataset, "classes", []))).encode())
+    return digest.hexdigest()

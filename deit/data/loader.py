@@ -5,7 +5,9 @@ Determinism (what resuming a run relies on):
 * Sample ORDER depends only on ``seed`` and the epoch: the engine calls
   ``loader.sampler.set_epoch(epoch)`` before each epoch, and both training samplers seed
   their own ``torch.Generator`` with ``seed + epoch``.
-* AUGMENTATION randomness (timm uses Python's ``random``, NumPy and torch) comes from:
+* AUGMENTATION randomness (timm uses Python's ``random``, NumPy and torch) comes, with
+  ``replay=True`` (what ``deit train`` uses), from ``(seed, epoch, position)`` alone
+  (:mod:`deit.data.replay`); without it, from:
 
   - ``num_workers=0``: the main process's global RNGs, which the training loop also
     consumes; a resumed run matches only if those states are restored.
@@ -25,6 +27,7 @@ from typing import Sized
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deit._validation import check_non_negative_int, check_positive_int
+from deit.data.replay import ReplayDataset, ReplaySampler
 from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
 from deit.errors import ConfigError
 
@@ -66,7 +69,7 @@ def build_sampler(dataset: Sized, *, is_train: bool, repeated_aug: int = 3, worl
 
 def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_aug: int = 3,
                  num_workers: int = 0, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, replay: bool = False) -> DataLoader:
     """A DataLoader over this rank's share of ``dataset`` (sampler: :func:`build_sampler`).
 
     Training drops the last incomplete batch (``drop_last=True``): Mixup/CutMix in batch
@@ -76,6 +79,11 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
 
     Call ``loader.sampler.set_epoch(epoch)`` before each epoch; see the module docstring
     for what makes the sample order and the augmentations reproducible.
+
+    ``replay=True`` (training only) makes every augmentation a function of ``(seed, epoch,
+    position in the epoch's order)`` (:mod:`deit.data.replay`), independent of the global
+    RNGs and of ``num_workers``: batches are then ``(images, targets, keys)``, ``keys`` a
+    (B, 2) tensor of ``(epoch, position)``, which is what a teacher-output cache looks up.
     """
     check_positive_int("batch_size", batch_size)
     check_non_negative_int("num_workers", num_workers)
@@ -87,5 +95,10 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
             f"rank {rank} (data set of {len(dataset)}, world_size={world_size}, repeated_aug={repeated_aug}); "
             f"with drop_last=True that would give 0 batches. Expected batch_size <= {len(sampler)}: lower "
             "--batch-size (or use more training images)")
+    if replay:
+        if not is_train:
+            raise ConfigError("replay=True is for training loaders: evaluation has no random draws")
+        sampler = ReplaySampler(sampler, world_size=world_size, rank=rank)
+        dataset = ReplayDataset(dataset, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=is_train, persistent_workers=False)

@@ -209,11 +209,18 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_inference and _no_grad_eager(x, self):
+        if self.fast_inference and _no_grad_eager(x, self) and self._plain_linears():
             return self.forward_no_grad(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))  # (B, N, D)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # (B, N, D)
         return x
+
+    def _plain_linears(self) -> bool:
+        """Whether the layers whose weights :meth:`forward_no_grad` reads are float
+        ``nn.Linear`` (a quantised model swaps in modules holding packed int8 weights, or int8
+        tensor subclasses as weights)."""
+        return all(type(layer) is nn.Linear and type(layer.weight) is nn.Parameter
+                   for layer in (self.attn.proj, self.mlp.fc2))
 
     def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """The same function as :meth:`forward` in eval mode, for inference.

@@ -1,0 +1,94 @@
+"""``deit cache-teacher``: fill a teacher-output cache ahead of training.
+
+The cache (:mod:`deit.teacher_cache`) is filled with exactly what ``deit train
+--teacher-cache`` with the same settings would compute on a miss: the same data path
+(:mod:`deit.data.replay`), Mixup/CutMix, teacher, precision and batch composition. Only
+the student is missing, so an epoch costs the teacher's forward passes alone. Several
+machines share the work by filling different epoch ranges into the same directory (shards
+are written atomically and named by epoch, rank and position); epochs already complete are
+skipped, and an interrupted fill resumes where it stopped.
+
+A run meant for ``torchrun --nproc_per_node=N`` needs the shares of N processes: run this
+command under the same torchrun (each process fills its own share), or in one process with
+``world_size=N``, which fills the N shares one after the other.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import torch
+
+from deit import distributed
+from deit.config import TrainConfig
+from deit.data.replay import ReplayMixup
+from deit.engine import Amp
+from deit.errors import ConfigError
+from deit.train import build_data, build_mixup, build_teacher, build_teacher_cache, reduce_cache_stats, resolve_device
+
+logger = logging.getLogger("deit")
+
+
+def fill_teacher_cache(config: TrainConfig, epochs: Sequence[int], world_size: int | None = None) -> dict[str, Any]:
+    """Compute and store the teacher's outputs for ``epochs`` of the run ``config`` describes
+    (``config.teacher_cache`` is the directory). ``world_size``: the number of training
+    processes the cache is for, when this is a single process (default 1); under torchrun
+    it is torchrun's. Returns the counts: ``hits`` (already stored), ``misses`` (computed
+    now), ``epochs_skipped`` and the wall time."""
+    config.validate()
+    if not config.teacher_cache or not config.teacher_model or config.distillation_type == "none":
+        raise ConfigError("deit cache-teacher needs --teacher-cache DIR, --teacher-model (with its weights) and "
+                          "--distillation-type hard or soft: the settings of the deit train run it prepares")
+    env = distributed.detect()
+    if env.enabled and world_size not in (None, env.world_size):
+        raise ConfigError(f"world_size={world_size} under torchrun with {env.world_size} processes; drop "
+                          "--world-size: each process fills its own share")
+    total = env.world_size if env.enabled else (world_size or 1)
+    shares = [env.rank] if env.enabled else list(range(total))
+    device = resolve_device(config.device, env)
+    distributed.init(env, device)
+    start = time.perf_counter()
+    counts = {"hits": 0, "misses": 0, "epochs_skipped": 0}
+    try:
+        teacher = None
+        for rank in shares:
+            share = distributed.DistEnv(rank=rank, world_size=total, local_rank=env.local_rank)
+            loader, _, classes, data_config = build_data(config, share)
+            if teacher is None:
+                teacher = build_teacher(config, len(classes), data_config).to(device)
+            amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
+            cache = build_teacher_cache(config, share, device, loader, teacher, len(classes), amp)
+            mixup = build_mixup(config, len(classes))
+            steps = (len(loader) // config.accum_steps) * config.accum_steps
+            for epoch in epochs:
+                if cache.has_epoch(epoch):
+                    counts["epochs_skipped"] += 1
+                    continue
+                _fill_epoch(cache, loader, mixup, epoch, steps, device, amp)
+                logger.info("teacher cache %s: epoch %d of rank %d/%d done", config.teacher_cache, epoch, rank,
+                            total)
+            stats = reduce_cache_stats(cache, device) if env.enabled else cache.stats.as_dict()
+            counts["hits"] += stats["hits"]
+            counts["misses"] += stats["misses"]
+    finally:
+        distributed.shutdown()
+    counts["wall_time_s"] = time.perf_counter() - start
+    return counts
+
+
+def _fill_epoch(cache, loader, mixup: ReplayMixup | None, epoch: int, steps: int, device: torch.device,
+                amp: Amp) -> None:
+    """One epoch of this share's batches through the cache (the teacher runs on misses)."""
+    loader.sampler.set_epoch(epoch)
+    for step, (images, targets, keys) in enumerate(loader):
+        if step >= steps:
+            break
+        images = images.to(device, non_blocking=True)
+        if mixup is not None:
+            images, _ = mixup(images, targets.to(device), keys)
+        with amp.autocast(device):
+            cache.targets(images, keys)
+
+
+__all__ = ["fill_teacher_cache"]
