@@ -1,7 +1,10 @@
 """Is the data path ever the bottleneck?
 
 Measures, in one process, images/s of
-  1. the training loader of a run config alone (decode once, timm transforms, sampler), and
+  1. the training loader of a run config alone (decode once, timm transforms, sampler) —
+     the replayable loader ``deit train`` uses (every view drawn under a generator state
+     seeded from seed, epoch and position: ``deit/data/replay.py``) and, for its price,
+     the same loader drawing from the global generators, and
   2. the training step of the same config alone (student + teacher + loss + AdamW) on a
      batch already in memory,
 and prints their ratio. With ``num_workers=0`` (the default: workers compete for the same 2
@@ -27,6 +30,7 @@ from deit.models.deit import DeiT
 from deit.teacher import load_teacher
 from deit.optim import build_optimizer
 from deit.runtime import tune_cpu_allocator
+from deit.data import build_loader
 from deit.train import build_data, build_model
 
 
@@ -39,9 +43,17 @@ def main() -> None:
     config = load_config(args.config, {"progress": False})
     train_loader, _, classes, data = build_data(config, distributed.detect())
 
-    start = time.perf_counter()
-    batches = list(itertools.islice(iter(train_loader), args.batches))
-    loader_rate = sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
+    def rate(loader) -> tuple[float, list]:
+        start = time.perf_counter()
+        batches = list(itertools.islice(iter(loader), args.batches))
+        return sum(len(b[0]) for b in batches) / (time.perf_counter() - start), batches
+
+    plain_loader = build_loader(train_loader.dataset.dataset, batch_size=config.batch_size, is_train=True,
+                                repeated_aug=config.repeated_aug, seed=config.seed)  # global generators
+    before, _ = rate(plain_loader)
+    loader_rate, batches = rate(train_loader)
+    after, _ = rate(plain_loader)  # plain before and after the replayable one: against drift on a shared machine
+    plain_rate = (before + after) / 2
 
     model = build_model(config, len(classes), data["image_size"], data["in_channels"]).train()
     if config.teacher_model and config.distillation_type != "none":
@@ -60,7 +72,7 @@ def main() -> None:
                                  distillation_type=config.distillation_type if isinstance(model, DeiT) and
                                  model.teacher is not None else "none")
     optimizer = build_optimizer(model, 1e-4, config.weight_decay)
-    images, targets = batches[0]
+    images, targets = batches[0][:2]
 
     def step() -> None:
         student, teacher_out = _split_outputs(model, model(images))
@@ -75,7 +87,9 @@ def main() -> None:
         step()
         times.append(time.perf_counter() - t)
     model_rate = len(images) / statistics.median(times)
-    result = {"config": args.config, "loader_images_per_s": loader_rate, "train_step_images_per_s": model_rate,
+    result = {"config": args.config, "loader_images_per_s": loader_rate,
+              "loader_without_replay_images_per_s": plain_rate, "replay_over_plain_loader": loader_rate / plain_rate,
+              "train_step_images_per_s": model_rate,
               "loader_over_model": loader_rate / model_rate,
               "loader_share_of_epoch": model_rate / (loader_rate + model_rate)}
     print(json.dumps(result, indent=2))

@@ -62,6 +62,9 @@ from deit.train import resolve_device
 DEFAULT_INFERENCE_MODEL = "deit_small_distilled_patch16_224"
 DEFAULT_TRAIN_MODEL = "deit_tiny_distilled_patch16_224"
 DEFAULT_TEACHER = "convnext_atto"
+DEFAULT_DISTILL_TEACHER = "regnety_160"  # the paper's teacher (Table 2), a timm model with random weights
+TASKS = ("inference", "train", "distill", "deploy")
+PEERS = ("timm", "hf")
 FLAGS = {"inference_batch": "--batch-size", "train_batch": "--train-batch-size", "repeats": "--repeats",
          "tasks": "--tasks", "peers": "--peers", "runtimes": "--deit-runtime-only", "modes": "--modes"}
 
@@ -169,6 +172,17 @@ class Measurement:
         return data
 
 
+VARIANT_RATIOS = (
+    ("distill", "ours_cached", "timm"),  # our step with the teacher's outputs from the cache ÷ timm's, live teacher
+    ("distill", "ours_cached", "ours_undistilled"),  # what is left of the teacher's cost
+    ("deploy", "ours_int8", "timm"),  # ours int8 (ONNX Runtime) ÷ timm fp32 eager
+    ("deploy", "ours_int8", "timm_int8"),  # ÷ timm quantised by hand (torch.ao dynamic quantisation)
+    ("deploy", "ours_int8", "timm_compiled"),
+    ("deploy", "ours_compiled", "timm_compiled"),
+)
+"""Ratios between variants of an implementation: ``task/mode/runtime/<ours variant>_over_<peer>``."""
+
+
 @dataclass
 class BenchmarkReport:
     environment: dict[str, Any]
@@ -197,7 +211,7 @@ class BenchmarkReport:
         shipped_runtime = "deit" if runtime.TUNING_DEFAULT else "default"
         out = {}
         for m in self.measurements:
-            if m.impl == "ours":
+            if m.impl not in PEERS:  # variants (ours_int8, timm_compiled, ...) only in VARIANT_RATIOS
                 continue
             value = self.ratio(m.task, m.mode, m.impl, m.runtime)
             if value is not None:
@@ -206,6 +220,12 @@ class BenchmarkReport:
                 shipped = self.ratio(m.task, m.mode, m.impl, shipped_runtime, "default")
                 if shipped is not None:
                     out[f"{m.task}/{m.mode}/as_shipped/ours_over_{m.impl}"] = shipped
+        for (task, ours, peer) in VARIANT_RATIOS:
+            for m in self.measurements:
+                if m.task == task and m.impl == ours:
+                    other = self.find(task, m.mode, peer, m.runtime)
+                    if other is not None:
+                        out[f"{task}/{m.mode}/{m.runtime}/{ours}_over_{peer}"] = m.images_per_s / other.images_per_s
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +241,8 @@ class BenchmarkReport:
                  "ours ÷ this | GFLOPs/img | MFU | peak mem MB | max |Δ| vs ours |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in self.measurements:
-            ratio = "" if m.impl == "ours" else f"{self.ratio(m.task, m.mode, m.impl, m.runtime):.2f}"
+            plain = self.ratio(m.task, m.mode, m.impl, m.runtime) if m.impl in PEERS else None
+            ratio = "" if plain is None else f"{plain:.2f}"
             low, high = m.spread
             lines.append(
                 f"| {m.task} | {m.mode} | {m.runtime} | {m.impl} | {m.model} | {m.batch_size} | "
@@ -231,6 +252,9 @@ class BenchmarkReport:
                 f"{'' if m.mfu is None else f'{m.mfu:.2f}'} | "
                 f"{'' if m.peak_memory_mb is None else f'{m.peak_memory_mb:.0f}'} | "
                 f"{'' if m.max_abs_diff_vs_ours is None else f'{m.max_abs_diff_vs_ours:.1e}'} |")
+        variants = {k: v for k, v in self.ratios().items() if k.split("/")[-1].split("_over_")[0] != "ours"}
+        if variants:
+            lines.append("variants: " + ", ".join(f"{k} ×{v:.2f}" for k, v in variants.items()))
         shipped = {k: v for k, v in self.ratios().items() if "/as_shipped/" in k}
         if shipped:
             lines.append("as shipped (ours in the runtime deit sets up by default ÷ peer in a default process): "
@@ -313,7 +337,10 @@ class BenchmarkConfig:
     inference_batch: int = 32
     train_batch: int = 32
     modes: tuple[str, ...] | None = None  # None: fp32 + bf16 on CPU; + fp16 and compile on CUDA
-    tasks: tuple[str, ...] = ("inference", "train")
+    tasks: tuple[str, ...] = TASKS
+    distill_teacher: str = DEFAULT_DISTILL_TEACHER
+    distill_image_size: int | None = None  # None: the train model's own
+    deploy_compile: bool = True  # deploy: also torch.compile ours and timm's (about a minute each on CPU)
     peers: tuple[str, ...] = ("timm", "hf")
     runtimes: tuple[str, ...] = ("default", "deit")  # before / after deit.runtime.tune_cpu_allocator(enabled=True)
     warmup: int = 1
@@ -333,7 +360,7 @@ class BenchmarkConfig:
             raise ConfigError(f"benchmark warmup={self.warmup!r} is invalid; expected an integer >= 0 (--warmup)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"benchmark threads={self.threads!r} is invalid; expected an integer >= 1 (--threads)")
-        for name, allowed in (("tasks", ("inference", "train")), ("peers", ("timm", "hf")),
+        for name, allowed in (("tasks", TASKS), ("peers", PEERS),
                               ("runtimes", ("default", "deit")), ("modes", ("fp32", "bf16", "fp16", "compile"))):
             bad = [v for v in getattr(self, name) or () if v not in allowed]
             if bad:
@@ -387,16 +414,20 @@ class _Phase:
         self.peak = report.gemm_peak_flops.get(mode if mode in ("bf16", "fp16") else "fp32")
 
     def record(self, task: str, model: str, batch: int, fns: dict[str, Callable[[], Any]],
-               diffs: dict[str, float] | None = None) -> None:
+               diffs: dict[str, float] | None = None, flops_from: dict[str, str] | None = None) -> None:
+        """Time ``fns`` interleaved and record them. ``flops_from`` maps an implementation
+        whose FLOPs cannot be counted (ONNX Runtime, compiled code) to the eager one it
+        computes the same function as."""
         times = _interleaved_times(fns, self.device, self.cfg.warmup, self.cfg.repeats)
         for impl, fn in fns.items():
-            key = (task, impl)
+            key = (task, (flops_from or {}).get(impl, impl))
             if key not in self.flops and self.mode != "compile":  # compiled code: eager's count
-                self.flops[key] = count_flops(fn) / batch
+                self.flops[key] = count_flops(fns[key[1]]) / batch
             memory = peak_memory_bytes(fn, self.device)
             self.report.measurements.append(Measurement(
                 task, self.mode, impl, self.runtime, model, batch, times[impl], flops_per_image=self.flops.get(key),
-                peak_memory_mb=None if memory is None else memory / 2 ** 20, peak_flops=self.peak,
+                peak_memory_mb=None if memory is None else memory / 2 ** 20,
+                peak_flops=None if impl.endswith("_int8") else self.peak,  # no int8 GEMM peak measured: no MFU
                 max_abs_diff_vs_ours=(diffs or {}).get(impl)))
 
 
@@ -494,6 +525,144 @@ def bench_train(phase: _Phase) -> None:
     phase.record("train", f"{cfg.train_model} + {cfg.teacher} teacher", batch, {"ours": ours_step, "timm": peer_step})
 
 
+def bench_distill(phase: _Phase) -> None:
+    """A DeiT⚗ training step with the paper's teacher (RegNetY-16GF through timm, random
+    weights): ours with the live teacher, ours with the teacher's outputs from a
+    :class:`deit.teacher_cache.TeacherCache` (read from its shard file on disk at every
+    step), ours without distillation, and the timm-based equivalent with the live teacher
+    as the official code runs it."""
+    import tempfile
+
+    import timm
+    from timm.loss import LabelSmoothingCrossEntropy
+    from timm.optim import create_optimizer_v2
+
+    from deit.teacher_cache import TeacherCache
+
+    cfg, device, mode = phase.cfg, phase.device, phase.mode
+    overrides = {} if cfg.distill_image_size is None else {"image_size": cfg.distill_image_size}
+    reference = create_model(cfg.train_model, **overrides)
+    if getattr(reference, "num_prefix_tokens", 1) != 2:
+        raise ConfigError(f"the distillation benchmark needs a distilled model (*_distilled_*), got "
+                          f"{cfg.train_model} (--train-model)")
+    students = {}
+    for impl in ("ours", "ours_cached", "ours_undistilled"):
+        students[impl] = create_model(cfg.train_model, **overrides)
+        students[impl].load_state_dict(reference.state_dict())
+        students[impl].to(device).train()
+    peer = timm_equivalent(reference)
+    peer.load_state_dict(reference.state_dict(), strict=True)
+    peer.to(device).train().set_distilled_training(True)
+    teacher = timm.create_model(cfg.distill_teacher, num_classes=reference.num_classes,
+                                in_chans=reference.in_channels).eval().requires_grad_(False)
+    peer_teacher = copy.deepcopy(teacher).to(device)  # as the official code: NCHW, torch.no_grad
+    students["ours"].set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    batch = cfg.train_batch
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = reference.image_size
+    x = torch.randn(batch, reference.in_channels, size, size, generator=gen).to(device)
+    y = torch.randint(0, reference.num_classes, (batch,), generator=gen).to(device)
+    keys = torch.stack([torch.zeros(batch, dtype=torch.int64), torch.arange(batch)], dim=1)  # (B, 2)
+    folder = tempfile.TemporaryDirectory(prefix="deit-bench-cache-")
+    cache = TeacherCache(directory=Path(folder.name), identity={"benchmark": cfg.distill_teacher}, teacher=teacher,
+                         num_classes=reference.num_classes, kind="hard", batch_size=batch, samples_per_epoch=batch,
+                         machine="benchmark")
+    with torch.inference_mode():
+        cache.targets(x, keys)  # a miss: the teacher runs once and the shard is written
+    cache.release()
+    hard = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="hard")
+    plain = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="none")
+    optimizers = {impl: build_optimizer(model, lr=1e-4, weight_decay=0.05) for impl, model in students.items()}
+    peer_criterion = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), peer_teacher, "hard", 0.5, 3.0)
+    peer_optimizer = create_optimizer_v2(peer, "adamw", lr=1e-4, weight_decay=0.05)
+
+    def ours_step(impl: str) -> Callable[[], None]:
+        model, optimizer = students[impl], optimizers[impl]
+
+        def step() -> None:
+            with _autocast(mode, device):
+                student, teacher_out = model(x)
+                if impl == "ours_cached":
+                    teacher_out = cache.targets(x, keys)  # (B, K) from the shard file
+                    cache.release()  # re-read from disk next step: no help from memory
+                loss = (plain if impl == "ours_undistilled" else hard)(x, student, y, teacher_outputs=teacher_out)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    def peer_step() -> None:
+        with _autocast(mode, device):
+            loss = peer_criterion(x, peer(x), y)
+        loss.backward()
+        peer_optimizer.step()
+        peer_optimizer.zero_grad(set_to_none=True)
+
+    fns = {impl: ours_step(impl) for impl in students}
+    fns["timm"] = peer_step
+    try:
+        phase.record("distill", f"{cfg.train_model} + {cfg.distill_teacher} teacher", batch, fns)
+    finally:
+        folder.cleanup()
+    hits = cache.stats.hits
+    if cache.stats.misses != batch or hits < 1:
+        raise RuntimeError(f"the cached step did not read the cache ({cache.stats})")
+
+
+def bench_deploy(phase: _Phase) -> None:
+    """CPU inference as deployed: ours and timm's in fp32 eager, int8 (ours: the ONNX Runtime
+    file of ``deit export --quantize int8``; timm: quantised by hand with
+    ``torch.ao.quantization.quantize_dynamic``, deprecated in torch 2.14 but what a timm
+    user reaches for) and ``torch.compile``-d (``deploy_compile``)."""
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    from deit.export import ExportHead, export_model
+
+    cfg, device = phase.cfg, phase.device
+    if device.type != "cpu":
+        phase.report.skipped.append("task 'deploy': int8 through ONNX Runtime's CPU kernels is a CPU measurement")
+        return
+    impls, _ = same_weights(cfg.inference_model, with_hf=False)
+    ours, peer = ExportHead(impls["ours"].eval()), impls["timm"].eval()
+    batch = cfg.inference_batch
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ref = impls["ours"]
+    x = torch.randn(batch, ref.in_channels, ref.image_size, ref.image_size, generator=gen)
+    with tempfile.TemporaryDirectory(prefix="deit-bench-int8-") as folder:
+        path, _ = export_model(ref, Path(folder) / "int8.onnx", quantize="int8")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch's implementations
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        from torch.ao.quantization import quantize_dynamic
+
+        peer_int8 = quantize_dynamic(copy.deepcopy(peer), {nn.Linear}, dtype=torch.qint8)
+    models: dict[str, Callable[[], torch.Tensor]] = {}
+
+    def eager(model: nn.Module) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                out = model(x)
+            return out[0] if isinstance(out, tuple) else out
+        return run
+
+    models["ours"], models["timm"] = eager(ours), eager(peer)
+    x_numpy = x.numpy()
+    models["ours_int8"] = lambda: torch.from_numpy(session.run(None, {"images": x_numpy})[0])
+    models["timm_int8"] = eager(peer_int8)
+    flops_from = {"ours_int8": "ours", "timm_int8": "timm"}
+    if cfg.deploy_compile:
+        models["ours_compiled"], models["timm_compiled"] = eager(torch.compile(ours)), eager(torch.compile(peer))
+        flops_from.update(ours_compiled="ours", timm_compiled="timm")
+    outputs = {impl: fn().float() for impl, fn in models.items()}  # compiles here, before any timing
+    diffs = {impl: (out - outputs["ours"]).abs().max().item() for impl, out in outputs.items() if impl != "ours"}
+    phase.record("deploy", cfg.inference_model, batch, models, diffs, flops_from=flops_from)
+
+
 def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> BenchmarkReport:
     """Run every (runtime, task, mode) cell; see the module docstring."""
     cfg.validate()
@@ -525,10 +694,15 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> B
         # the default runtime is there to price the allocator settings: fp32 is enough
         for mode in (("fp32",) if name == "default" and len(runtimes) > 1 else modes):
             for task in cfg.tasks:
+                if task in ("distill", "deploy") and (mode != "fp32" or name != runtimes[0]):
+                    continue  # the long ones: fp32 and the first runtime (as shipped) only
                 log(f"{task} {mode} ({name} runtime) ...")
                 phase = _Phase(cfg, device, mode, name, report, flops)
-                (bench_inference if task == "inference" else bench_train)(phase)
+                BENCHES[task](phase)
     return report
+
+
+BENCHES = {"inference": bench_inference, "train": bench_train, "distill": bench_distill, "deploy": bench_deploy}
 
 
 def write_json(report: BenchmarkReport, path: str | os.PathLike) -> Path:

@@ -321,13 +321,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from deit.benchmark import BenchmarkConfig, run_benchmark, write_json
+    from deit.benchmark import TASKS, BenchmarkConfig, run_benchmark, write_json
 
     def names(text: str | None) -> tuple[str, ...] | None:
         return tuple(t for t in text.split(",") if t) if text else None
 
     cfg = BenchmarkConfig(inference_batch=args.batch_size, train_batch=args.train_batch_size,
-                          modes=names(args.modes), tasks=names(args.tasks) or ("inference", "train"),
+                          modes=names(args.modes), tasks=names(args.tasks) or TASKS,
+                          deploy_compile=not args.no_compile,
                           peers=names(args.peers) or ("timm", "hf"), repeats=args.repeats, warmup=args.warmup,
                           device=args.device, threads=args.threads,
                           runtimes=("deit",) if args.deit_runtime_only else ("default", "deit"))
@@ -337,6 +338,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         cfg.train_model = args.train_model
     if args.teacher:
         cfg.teacher = args.teacher
+    if args.distill_teacher:
+        cfg.distill_teacher = args.distill_teacher
     report = run_benchmark(cfg, log=lambda line: print(line, flush=True))
     print(report.format_table())
     out = Path(args.json or Path("benchmarks") / "results" / f"benchmark-{datetime.now():%Y%m%d-%H%M%S}.json")
@@ -488,7 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=int, default=32)
     p.add_argument("--modes", help="comma-separated: fp32,bf16 (CPU); fp16,compile too on CUDA (default: all "
                                    "of the device's)")
-    p.add_argument("--tasks", help="comma-separated: inference,train (default both)")
+    p.add_argument("--tasks", help="comma-separated: inference, train (DeiT⚗ step with a ConvNeXt teacher), distill "
+                                   "(DeiT⚗ step with the paper's RegNetY-16GF teacher: live, from the teacher cache, "
+                                   "undistilled, timm's), deploy (CPU inference: fp32, int8, compiled; ours and "
+                                   "timm's) (default: all)")
+    p.add_argument("--distill-teacher", help="timm teacher of the distill task (default regnety_160, the paper's)")
+    p.add_argument("--no-compile", action="store_true", help="deploy task: leave out the torch.compile rows (each "
+                                                             "compilation takes about a minute on CPU)")
     p.add_argument("--peers", help="comma-separated: timm,hf (default both)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per implementation (median reported)")
     p.add_argument("--warmup", type=int, default=1)

@@ -37,7 +37,7 @@ from deit.data.datasets import DatasetNotFoundError
 from deit.errors import ConfigError
 from deit.fileio import atomic_write
 from deit.inference import load_for_inference
-from deit.onnx_predict import read_onnx_metadata
+from deit.onnx_predict import OnnxPredictor, read_onnx_metadata
 from deit.preprocessing import PREPROCESSING_KEYS, resolve_labels, resolve_preprocessing
 from deit.quantize import INT8_LOGIT_BOUND, INT8_MIN_AGREEMENT, QUANTIZATIONS, compare_int8, quantize_onnx_int8
 
@@ -321,8 +321,6 @@ def int8_predictor(checkpoint: str | os.PathLike, *, use_ema: bool = False, mode
     the checkpoint's preprocessing and class names. Returns an
     :class:`~deit.onnx_predict.OnnxPredictor`."""
     import tempfile
-
-    from deit.onnx_predict import OnnxPredictor
 
     model, meta = load_for_inference(checkpoint, model_name=model_name, use_ema=use_ema)
     with tempfile.TemporaryDirectory(prefix="deit-int8-") as folder:

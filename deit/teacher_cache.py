@@ -345,6 +345,12 @@ class TeacherCache:
         self.stats.agreed += int((cached == fresh).sum())
         self._checks_left -= 1
 
+    def release(self) -> None:
+        """Forget the shards held in memory; they are read from disk again when needed
+        (a shard being filled is kept: its rows are not on disk yet)."""
+        for key in [k for k, entry in self._open.items() if entry.from_disk]:
+            del self._open[key]
+
     def _drop_finished(self, epoch: int, shard: int) -> None:
         """Forget shards before ``(epoch, shard)``: batches come in order, so they are done."""
         for key in [k for k in self._open if k < (epoch, shard)]:

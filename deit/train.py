@@ -45,7 +45,7 @@ from deit.errors import ConfigError
 from deit.factory import create_model
 from deit.fileio import write_text_atomic
 from deit.hub import resolve_pretrained_file, resolve_weights_argument
-from deit.losses import DistillationLoss, build_base_criterion
+from deit.losses import PAPER_TAU, DistillationLoss, build_base_criterion
 from deit.models.deit import DeiT
 from deit.models.registry import get_pretrained_cfg, model_family
 from deit.optim import build_optimizer, build_scheduler
@@ -478,8 +478,6 @@ def _train_transform(dataset):
 
 def resolved_tau(config: TrainConfig) -> float:
     """τ of soft distillation: the configured one, else the paper's."""
-    from deit.losses import PAPER_TAU
-
     return float(config.distillation_tau if config.distillation_tau is not None else PAPER_TAU)
 
 

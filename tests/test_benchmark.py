@@ -8,7 +8,8 @@ from deit.benchmark import BenchmarkConfig, OfficialDistillationLoss, run_benchm
 from deit.cli import main
 
 SMALL = dict(inference_model="deit_pico_distilled_patch4_32", train_model="deit_pico_distilled_patch4_32",
-             teacher="convnext_atto_32", inference_batch=4, train_batch=4, warmup=0, repeats=2)
+             teacher="convnext_atto_32", inference_batch=4, train_batch=4, warmup=0, repeats=2,
+             distill_teacher="regnety_002", deploy_compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,47 @@ def test_bf16_without_bf16_units_is_skipped_with_a_reason(monkeypatch, tmp_path)
     note = [n for n in report.skipped if n.startswith("mode 'bf16'")]
     assert len(note) == 1 and torch.backends.cpu.get_cpu_capability() in note[0]
     assert json.loads(write_json(report, tmp_path / "b.json").read_text())["skipped"] == report.skipped
+
+
+def test_distill_task_times_the_live_the_cached_and_the_undistilled_step_against_timm(report):
+    rows = {m.impl: m for m in report.measurements if m.task == "distill"}
+    assert set(rows) == {"ours", "ours_cached", "ours_undistilled", "timm"}
+    runtime = rows["ours"].runtime
+    assert {m.runtime for m in rows.values()} == {runtime}  # run once: fp32, the first runtime
+    # the teacher's forward is in the live steps' FLOPs only; the cached step is the student's alone
+    assert rows["ours"].flops_per_image > rows["ours_cached"].flops_per_image
+    assert rows["ours_cached"].flops_per_image == pytest.approx(rows["ours_undistilled"].flops_per_image)
+    assert rows["timm"].flops_per_image == pytest.approx(rows["ours"].flops_per_image)
+    ratios = report.ratios()
+    cached = rows["ours_cached"].images_per_s
+    assert ratios[f"distill/fp32/{runtime}/ours_cached_over_timm"] == pytest.approx(cached / rows["timm"].images_per_s)
+    assert ratios[f"distill/fp32/{runtime}/ours_cached_over_ours_undistilled"] == pytest.approx(
+        cached / rows["ours_undistilled"].images_per_s)
+    assert f"distill/fp32/{runtime}/ours_over_timm" in ratios
+
+
+def test_deploy_task_compares_int8_with_timm_fp32_and_timm_int8(report):
+    from deit.quantize import INT8_LOGIT_BOUND
+
+    rows = {m.impl: m for m in report.measurements if m.task == "deploy"}
+    assert set(rows) == {"ours", "timm", "ours_int8", "timm_int8"}  # deploy_compile=False here
+    assert rows["timm"].max_abs_diff_vs_ours < 1e-5
+    assert 0 < rows["ours_int8"].max_abs_diff_vs_ours <= INT8_LOGIT_BOUND
+    assert 0 < rows["timm_int8"].max_abs_diff_vs_ours <= INT8_LOGIT_BOUND
+    assert rows["ours_int8"].flops_per_image == rows["ours"].flops_per_image  # the same function, counted eagerly
+    runtime = rows["ours"].runtime
+    ratios = report.ratios()
+    assert ratios[f"deploy/fp32/{runtime}/ours_int8_over_timm"] == pytest.approx(
+        rows["ours_int8"].images_per_s / rows["timm"].images_per_s)
+    assert f"deploy/fp32/{runtime}/ours_int8_over_timm_int8" in ratios
+
+
+@pytest.mark.slow
+def test_deploy_task_with_compiled_models():
+    cfg = BenchmarkConfig(**{**SMALL, "repeats": 1, "deploy_compile": True}, modes=("fp32",), tasks=("deploy",),
+                          runtimes=("deit",))
+    report = run_benchmark(cfg, log=lambda _: None)
+    rows = {m.impl: m for m in report.measurements}
+    assert {"ours_compiled", "timm_compiled"} <= set(rows)
+    assert rows["ours_compiled"].max_abs_diff_vs_ours < 1e-4 and rows["timm_compiled"].max_abs_diff_vs_ours < 1e-4
+    assert "deploy/fp32/deit/ours_compiled_over_timm_compiled" in report.ratios()
