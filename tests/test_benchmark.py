@@ -36,6 +36,9 @@ def test_flops_mfu_and_ratios_are_consistent(report):
         assert len(flops) == 1 and flops.pop() > 0  # one model, one FLOP count, whatever the implementation
     for m in report.measurements:
         assert m.images_per_s > 0 and len(m.times_s) == 2
+        if m.impl.endswith("_int8"):  # no int8 GEMM peak is measured: no MFU
+            assert m.mfu is None
+            continue
         assert m.mfu == pytest.approx(m.flops_per_image * m.images_per_s / report.gemm_peak_flops["fp32"])
     ratios = report.ratios()
     ours, timm = by[("inference", "ours", "deit")], by[("inference", "timm", "deit")]
