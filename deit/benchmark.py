@@ -483,6 +483,18 @@ class OfficialDistillationLoss(nn.Module):
         return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
 
 
+def official_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  y: torch.Tensor, mode: str, device: torch.device) -> Callable[[], None]:
+    """The peer's training step: timm's model, the official loss (teacher inside), timm's AdamW."""
+    def step() -> None:
+        with _autocast(mode, device):
+            loss = criterion(x, model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
 def bench_train(phase: _Phase) -> None:
     from timm.loss import LabelSmoothingCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -515,13 +527,7 @@ def bench_train(phase: _Phase) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def peer_step() -> None:
-        with _autocast(mode, device):
-            loss = peer_criterion(x, peer_train(x), y)
-        loss.backward()
-        peer_optimizer.step()
-        peer_optimizer.zero_grad(set_to_none=True)
-
+    peer_step = official_step(peer_train, peer_criterion, peer_optimizer, x, y, mode, device)
     phase.record("train", f"{cfg.train_model} + {cfg.teacher} teacher", batch, {"ours": ours_step, "timm": peer_step})
 
 
@@ -591,15 +597,8 @@ def bench_distill(phase: _Phase) -> None:
             optimizer.zero_grad(set_to_none=True)
         return step
 
-    def peer_step() -> None:
-        with _autocast(mode, device):
-            loss = peer_criterion(x, peer(x), y)
-        loss.backward()
-        peer_optimizer.step()
-        peer_optimizer.zero_grad(set_to_none=True)
-
     fns = {impl: ours_step(impl) for impl in students}
-    fns["timm"] = peer_step
+    fns["timm"] = official_step(peer, peer_criterion, peer_optimizer, x, y, mode, device)
     try:
         phase.record("distill", f"{cfg.train_model} + {cfg.distill_teacher} teacher", batch, fns)
     finally:

@@ -69,3 +69,25 @@ def trained_run(tmp_path_factory) -> Path:
 def copy_run(run: Path, into: Path) -> Path:
     """A private copy of a run directory (``into / run.name``) for a test that may change it."""
     return Path(shutil.copytree(run, into / run.name))
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run) -> Path:
+    """The last checkpoint of the session's trained DeiT⚗ run on digits (``trained_run``)."""
+    return trained_run / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def digit_images(tmp_path_factory) -> list[Path]:
+    """Twelve validation digits saved as 8-bit grey PNG files, as a user would bring them."""
+    from PIL import Image
+
+    from deit.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("images")
+    digits = load_dataset("digits", "val")
+    paths = []
+    for i in range(12):
+        paths.append(folder / f"digit{i}.png")
+        Image.fromarray(digits.images[i]).save(paths[-1])
+    return paths

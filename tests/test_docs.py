@@ -6,7 +6,8 @@ A reader brings their own files; the test brings stand-ins: an image folder
 ``boot.jpg``, and the official DeiT-Ti⚗ release file (timm's architecture with random
 weights saved as ``{"model": state_dict}``: nothing can be downloaded here). Commands run
 exactly as written, with settings that only shorten them appended (argparse keeps the last
-value): one epoch on a few images for ``deit train`` (and ``torchrun``), one repeat of tiny
+value): one epoch on a few images for ``deit train`` and ``deit cache-teacher`` (and
+``torchrun``), one repeat of tiny
 models for ``deit benchmark``, a one-batch schedule for ``deit demo``; a multi-machine
 ``torchrun`` runs its two "machines" as one local rendezvous.
 
@@ -59,7 +60,8 @@ SHORT_TRAIN = ["--epochs", "1", "--warmup-epochs", "0", "--train-subset", "32", 
                "--mixup", "0", "--cutmix", "0", "--auto-augment", "none", "--repeated-aug", "1", "--no-model-ema"]
 SHORT_BENCHMARK = ["--model", "deit_pico_distilled_patch4_32", "--train-model", "deit_pico_distilled_patch4_32",
                    "--teacher", "convnext_atto_32", "--repeats", "1", "--warmup", "0", "--batch-size", "2",
-                   "--train-batch-size", "2", "--modes", "fp32", "--peers", "timm", "--deit-runtime-only"]
+                   "--train-batch-size", "2", "--modes", "fp32", "--peers", "timm", "--deit-runtime-only",
+                   "--distill-teacher", "regnety_002", "--no-compile"]
 
 
 def shell_commands(path: Path) -> list[str]:
@@ -110,7 +112,7 @@ def make_reader_files(root: Path) -> None:
 
 def _deit_argv(words: list[str]) -> list[str]:
     argv = words[1:]
-    if argv[0] == "train":
+    if argv[0] in ("train", "cache-teacher"):
         argv += SHORT_TRAIN
     elif argv[0] == "benchmark":
         argv += SHORT_BENCHMARK
@@ -177,6 +179,9 @@ def test_every_documented_command_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "viz").is_dir() and any((tmp_path / "viz").glob("*rollout-dist.png"))
     assert "verified on random images" in out
     assert (tmp_path / "deit_tiny.safetensors").is_file()
+    import json
+
+    assert json.loads((tmp_path / "runs/deit-cached/summary.json").read_text())["teacher_cache"]["misses"] == 0
 
 
 def test_every_documented_command_is_known():

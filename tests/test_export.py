@@ -101,25 +101,6 @@ def test_numpy_preprocessing_equals_the_library_transform(mode, size, image_size
     np.testing.assert_allclose(ours, reference.numpy(), atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(trained_run) -> Path:
-    """The last checkpoint of the session's trained DeiT⚗ run on digits (tests/conftest.py)."""
-    return trained_run / "last.pth"
-
-
-@pytest.fixture(scope="module")
-def digit_images(tmp_path_factory) -> list[Path]:
-    from deit.data import load_dataset
-
-    folder = tmp_path_factory.mktemp("images")
-    digits = load_dataset("digits", "val")
-    paths = []
-    for i in range(4):
-        paths.append(folder / f"digit{i}.png")
-        Image.fromarray(digits.images[i]).save(paths[-1])
-    return paths
-
-
 def test_cli_export_verifies_on_random_and_real_images(trained_checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(tmp_path / "m.onnx"),
                  "--head", "all"]) == 0

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image
 
 from deit.cli import main
 from deit.export import export_model, load_metadata, run_exported
@@ -23,23 +22,14 @@ from deit.quantize import INT8_LOGIT_BOUND, compare_int8
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(trained_run) -> Path:
-    """The session's trained DeiT⚗ on digits (tests/conftest.py)."""
-    return trained_run / "last.pth"
+@pytest.fixture()
+def checkpoint(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
-@pytest.fixture(scope="module")
-def digit_files(tmp_path_factory) -> list[str]:
-    from deit.data import load_dataset
-
-    folder = tmp_path_factory.mktemp("digits")
-    digits = load_dataset("digits", "val")
-    paths = []
-    for i in range(12):
-        paths.append(str(folder / f"digit{i}.png"))
-        Image.fromarray(digits.images[i]).save(paths[-1])
-    return paths
+@pytest.fixture()
+def digit_files(digit_images) -> list[str]:
+    return [str(p) for p in digit_images]
 
 
 def test_compare_int8_counts_agreement_and_the_largest_change():
