@@ -169,9 +169,9 @@ class TeacherCache:
     topk: int = DEFAULT_TOPK
     machine: str = ""
     shard_batches: int | None = None  # None: DEFAULT_SHARD_BATCHES
-    stats: CacheStats = field(default_factory=CacheStats)
-    _open: dict[tuple[int, int], _Shard] = field(default_factory=dict, repr=False)
-    _checks_left: int = CHECK_BATCHES
+    stats: CacheStats = field(default_factory=CacheStats, init=False)
+    _open: dict[tuple[int, int], _Shard] = field(default_factory=dict, init=False, repr=False)
+    _checks_left: int = field(default=CHECK_BATCHES, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
