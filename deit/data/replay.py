@@ -69,9 +69,9 @@ def seeded_rngs(*key: int):
 
     Only torch's is restored: the training loop draws from it (drop path, dropout), while
     nothing it runs outside the replayed data path and :class:`ReplayMixup` draws from
-    Python's or NumPy's global generator, which stay seeded from the last key. Saving and
-    restoring those two would cost ~110 µs per view on this machine (NumPy's 624-word state
-    alone ~90 µs), more than the whole augmentation of a 28-pixel image; seeding costs ~20 µs.
+    Python's or NumPy's global generator, which stay seeded from the last key: saving and
+    restoring their 624-word states would cost more than augmenting a small image
+    (``benchmarks/README.md``, the replayable data path).
     """
     seed = key_seed(*key)
     generator = torch.default_generator
