@@ -685,6 +685,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> B
     if "default" in runtimes and runtime.cpu_allocator_tuned():
         report.skipped.append("runtime 'default': the allocator was already tuned in this process")
         runtimes.remove("default")
+    heavy_done = False
     for name in runtimes:
         if name == "deit" and not runtime.tune_cpu_allocator(enabled=True):
             report.skipped.append("runtime 'deit': the allocator settings need glibc's mallopt, not found here")
@@ -693,11 +694,15 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> B
         # the default runtime is there to price the allocator settings: fp32 is enough
         for mode in (("fp32",) if name == "default" and len(runtimes) > 1 else modes):
             for task in cfg.tasks:
-                if task in ("distill", "deploy") and (mode != "fp32" or name != runtimes[0]):
-                    continue  # the long ones: fp32 and the first runtime (as shipped) only
+                if task in ("distill", "deploy") and (mode != "fp32" or heavy_done):
+                    continue  # the long ones: fp32 and the first runtime that runs only
                 log(f"{task} {mode} ({name} runtime) ...")
                 phase = _Phase(cfg, device, mode, name, report, flops)
                 BENCHES[task](phase)
+            heavy_done = heavy_done or (mode == "fp32" and bool({"distill", "deploy"} & set(cfg.tasks)))
+    heavy = [task for task in cfg.tasks if task in ("distill", "deploy")]
+    if heavy and not heavy_done:
+        report.skipped.append(f"task(s) {', '.join(heavy)}: measured in fp32 only, and no fp32 cell ran (--modes)")
     return report
 
 

@@ -41,6 +41,9 @@ def fill_teacher_cache(config: TrainConfig, epochs: Sequence[int], world_size: i
         raise ConfigError("deit cache-teacher needs --teacher-cache DIR, --teacher-model (with its weights) and "
                           "--distillation-type hard or soft: the settings of the deit train run it prepares")
     env = distributed.detect()
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
+        raise ConfigError(f"world_size={world_size!r} is invalid; expected the number of training processes, an "
+                          "integer >= 1 (--world-size)")
     if env.enabled and world_size not in (None, env.world_size):
         raise ConfigError(f"world_size={world_size} under torchrun with {env.world_size} processes; drop "
                           "--world-size: each process fills its own share")

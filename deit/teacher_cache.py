@@ -32,11 +32,12 @@ leaves either whole shards or none: an absent shard is a miss (computed and writ
 damaged one is reported, recomputed and replaced, never read as valid.
 
 ``cache.json`` records the identity (teacher weights, data set fingerprint, transform and
-Mixup settings, seed, batch size, world size, the targets' kind, τ and k, the versions of
-the augmentation libraries) and the machine kind that computed it. A different identity is
-refused with the keys that differ. Exactness is promised on the machine kind that made the
-cache: an argmax near a tie can flip between CPU kernels (AVX2 / AVX512) or GPUs, so on
-another kind the first batches are also run live and the argmax agreement is reported.
+Mixup settings, seed, batch size, world size, the targets' kind, τ and k, the shard size,
+the versions of the libraries that make the views and run the teacher). A different identity is
+refused with the keys that differ. Each shard records the machine kind that computed it.
+Exactness is promised on the machine kind that made a shard: an argmax near a tie can flip
+between CPU kernels (AVX2 / AVX512) or GPUs, so the first batches read from shards of
+another kind are also run live and the argmax agreement is reported.
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ IDENTITY_FILE = "cache.json"
 TARGET_KINDS = ("hard", "soft")
 DEFAULT_TOPK = 10
 DEFAULT_SHARD_BATCHES = 64
+MISMATCH_HINTS = {
+    "dataset_fingerprint": "the training images differ: a folder counts file names, sizes and modification times, "
+                           "so a copy that did not keep the times differs too",
+    "teacher_weights_sha256": "another teacher checkpoint",
+    "samples_per_epoch": "--train-subset, --accum-steps, --batch-size or the number of images change the batches "
+                         "an epoch trains on",
+    "shard_size": "another version of deit cuts the cache into other shards",
+    "versions": "the augmentation or numerics libraries changed, and with them the views or the teacher's outputs",
+}
+"""Hints appended to a refused identity key: what usually changes it."""
 STALE_WRITE_S = 600.0
 """A temporary shard file older than this is a write killed mid-way (a live write takes well under a second)."""
 CHECK_BATCHES = 8
@@ -119,15 +130,15 @@ class CacheStats:
     rewritten_shards: int = 0
     checked: int = 0
     agreed: int = 0
-    made_on: str = ""
+    foreign: set[str] = field(default_factory=set)  # machine kinds of shards read, other than this one
     running_on: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"hits": self.hits, "misses": self.misses}
         if self.rewritten_shards:
             out["rewritten_shards"] = self.rewritten_shards
-        if self.made_on != self.running_on:
-            out.update(made_on=self.made_on, running_on=self.running_on, checked_samples=self.checked,
+        if self.foreign:
+            out.update(made_on=sorted(self.foreign), running_on=self.running_on, checked_samples=self.checked,
                        argmax_agreement=100.0 * self.agreed / self.checked if self.checked else None)
         return out
 
@@ -137,6 +148,7 @@ class _Shard:
     rows: dict[str, torch.Tensor]
     filled: torch.Tensor  # (n,) bool
     from_disk: bool = False
+    machine: str = ""  # the kind of processor that computed the rows
 
 
 @dataclass
@@ -183,28 +195,22 @@ class TeacherCache:
             raise ConfigError(f"teacher_cache_topk={self.topk} is invalid; expected k >= 1")
         self.shard_batches = self.shard_batches or DEFAULT_SHARD_BATCHES
         self.shard_size = self.shard_batches * self.batch_size
+        self.identity = {**self.identity, "shard_size": self.shard_size}  # which rows a shard file holds
         self.digest = _identity_digest(self.identity)
-        made_on = self._open_identity()
+        self._open_identity()
         self.remove_stale_writes()
-        self.stats.made_on, self.stats.running_on = made_on, self.machine
-        if made_on != self.machine:
-            logger.warning("teacher cache %s was computed on %s and this run is on %s: outputs may differ where "
-                           "the teacher's top classes nearly tie; the first %d batches are also run live and the "
-                           "argmax agreement is reported in summary.json", self.directory, made_on, self.machine,
-                           CHECK_BATCHES)
-        else:
-            self._checks_left = 0
+        self.stats.running_on = self.machine
 
     # --- identity ---------------------------------------------------------------------
-    def _open_identity(self) -> str:
+    def _open_identity(self) -> None:
         path = self.directory / IDENTITY_FILE
         if not path.exists():
-            record = {"format": CACHE_FORMAT, "identity": self.identity, "machine": self.machine}
+            record = {"format": CACHE_FORMAT, "identity": self.identity, "created_on": self.machine}
             write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
-            return self.machine
+            return
         try:
             record = json.loads(path.read_text())
-            saved, machine = record["identity"], str(record["machine"])
+            saved = record["identity"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"teacher cache {path} is unreadable ({err}); expected the {IDENTITY_FILE} written "
                               "by deit. Use a new --teacher-cache directory") from None
@@ -213,13 +219,13 @@ class TeacherCache:
                                             f"this deit reads format {CACHE_FORMAT}. Use a new --teacher-cache "
                                             "directory")
         differ = [f"{key}: {saved.get(key)!r} in the cache, {self.identity.get(key)!r} in this run"
+                  + (f" ({MISMATCH_HINTS[key]})" if key in MISMATCH_HINTS else "")
                   for key in sorted(set(saved) | set(self.identity)) if saved.get(key) != self.identity.get(key)]
         if differ:
             raise TeacherCacheMismatchError(
                 f"teacher cache {self.directory} was made from other settings than this run's, so its outputs are "
                 f"not the teacher's for this run's views: {'; '.join(differ)}. Use another --teacher-cache "
                 f"directory, or the settings recorded in {path}")
-        return machine
 
     # --- files ------------------------------------------------------------------------
     def shard_path(self, epoch: int, shard: int) -> Path:
@@ -236,40 +242,59 @@ class TeacherCache:
         return {"topk_logits": torch.zeros(n, self.topk), "topk_index": torch.zeros(n, self.topk, dtype=index),
                 "lse": torch.zeros(n)}
 
-    def _read_shard(self, epoch: int, shard: int) -> _Shard | None:
+    def _shard_header(self, epoch: int, shard: int) -> dict[str, Any]:
+        """What a shard file says about itself: whose rows, which ones."""
+        return {"format": CACHE_FORMAT, "identity_digest": self.digest, "epoch": epoch, "rank": self.rank,
+                "world_size": self.world_size, "shard": shard, "first_row": shard * self.shard_size,
+                "num_rows": self._shard_rows(shard)}
+
+    def _load_shard(self, epoch: int, shard: int) -> tuple[_Shard | None, str | None]:
+        """The shard's rows, or ``None`` with the reason it cannot be used (``None`` reason: absent)."""
         path = self.shard_path(epoch, shard)
         if not path.exists():
-            return None
-        n = self._shard_rows(shard)
+            return None, None
+        expected = self._shard_header(epoch, shard)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             rows = payload["rows"]
-            problem = None
-            if payload.get("identity_digest") != self.digest:
-                problem = "it belongs to a cache of other settings"
-            elif _rows_digest(rows) != payload.get("sha256"):
-                problem = "its checksum does not match its rows"
-            elif any(t.shape[0] != n for t in rows.values()) or set(rows) != set(self._empty_rows(0)):
-                problem = f"it does not hold the expected {n} rows"
+            wrong = [key for key, value in expected.items() if payload.get(key) != value]
+            if wrong:
+                return None, f"it holds other rows or settings ({', '.join(f'{k} {payload.get(k)!r}' for k in wrong)})"
+            if _rows_digest(rows) != payload.get("sha256"):
+                return None, "its checksum does not match its rows"
+            n = expected["num_rows"]
+            if any(t.shape[0] != n for t in rows.values()) or set(rows) != set(self._empty_rows(0)):
+                return None, f"it does not hold the expected {n} rows"
+            machine = str(payload["machine"])
         except Exception as err:  # truncated or foreign file: torch raises many kinds
-            problem = f"it cannot be read ({type(err).__name__}: {err})"
+            return None, f"it cannot be read ({type(err).__name__}: {err})"
+        return _Shard(rows=rows, filled=torch.ones(len(next(iter(rows.values()))), dtype=torch.bool),
+                      from_disk=True, machine=machine), None
+
+    def _read_shard(self, epoch: int, shard: int) -> _Shard | None:
+        entry, problem = self._load_shard(epoch, shard)
         if problem is not None:
-            logger.warning("teacher cache shard %s is damaged (%s): recomputing it with the live teacher", path,
-                           problem)
+            logger.warning("teacher cache shard %s is damaged (%s): recomputing it with the live teacher",
+                           self.shard_path(epoch, shard), problem)
             self.stats.rewritten_shards += 1
-            return None
-        return _Shard(rows=rows, filled=torch.ones(n, dtype=torch.bool), from_disk=True)
+        if entry is not None and entry.machine != self.machine and entry.machine not in self.stats.foreign:
+            logger.warning("teacher cache %s holds outputs computed on %s and this run is on %s: they may differ "
+                           "where the teacher's top classes nearly tie; the first %d batches from there are also "
+                           "run live and the argmax agreement is reported in summary.json", self.directory,
+                           entry.machine, self.machine, CHECK_BATCHES)
+            self.stats.foreign.add(entry.machine)
+        return entry
 
     def _write_shard(self, epoch: int, shard: int, rows: dict[str, torch.Tensor]) -> None:
         path = self.shard_path(epoch, shard)
-        payload = {"format": CACHE_FORMAT, "identity_digest": self.digest, "epoch": epoch, "rank": self.rank,
-                   "shard": shard, "rows": rows, "sha256": _rows_digest(rows)}
+        payload = {**self._shard_header(epoch, shard), "machine": self.machine, "rows": rows,
+                   "sha256": _rows_digest(rows)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     def has_epoch(self, epoch: int) -> bool:
-        """Whether every shard of this process's share of ``epoch`` is on disk."""
+        """Whether every shard of this process's share of ``epoch`` is on disk and readable."""
         shards = math.ceil(self.samples_per_epoch / self.shard_size)
-        return all(self.shard_path(epoch, s).exists() for s in range(shards))
+        return all(self._load_shard(epoch, s)[0] is not None for s in range(shards))
 
     # --- targets ----------------------------------------------------------------------
     def encode(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -319,7 +344,8 @@ class TeacherCache:
         if bool(entry.filled[rows_of].all()):
             batch_rows = {name: t[rows_of] for name, t in entry.rows.items()}
             self.stats.hits += len(local)
-            if self._checks_left > 0 and self.teacher is not None:
+            if entry.from_disk and entry.machine != self.machine and self._checks_left > 0 \
+                    and self.teacher is not None:
                 self._check_live(images, batch_rows)
         else:
             if self.teacher is None:
@@ -332,7 +358,7 @@ class TeacherCache:
             self.stats.misses += len(local)
             if bool(entry.filled.all()) and not entry.from_disk:
                 self._write_shard(epoch, shard, entry.rows)
-                entry.from_disk = True
+                entry.from_disk, entry.machine = True, self.machine
         return self.decode(batch_rows).to(images.device)
 
     def _check_live(self, images: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:

@@ -466,7 +466,8 @@ def teacher_cache_identity(config: TrainConfig, env: distributed.DistEnv, train_
         "targets": {"kind": config.distillation_type, "tau": resolved_tau(config) if soft else None,
                     "topk": config.teacher_cache_topk if soft else None},
         "teacher_precision": str(amp.dtype).replace("torch.", "") if amp.enabled else "float32",
-        "versions": {"timm": timm.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__},
+        "versions": {"timm": timm.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
+                     "torch": torch.__version__, "numpy": np.__version__},
     }
 
 
@@ -496,12 +497,19 @@ def build_teacher_cache(config: TrainConfig, env: distributed.DistEnv, device: t
                   num_classes=num_classes, kind=config.distillation_type, batch_size=config.batch_size,
                   samples_per_epoch=samples, world_size=env.world_size, rank=rank, tau=resolved_tau(config),
                   topk=config.teacher_cache_topk, machine=device_kind(device))
+    cache, refused = None, None
     if env.is_main:  # writes cache.json when the directory is new; the others then read it
-        cache = TeacherCache(**kwargs)
-    distributed.barrier()
-    if not env.is_main:
-        cache = TeacherCache(**kwargs)
-    return cache
+        try:
+            cache = TeacherCache(**kwargs)
+        except Exception as err:  # every process must learn of it, not wait at the barrier
+            refused = err
+    failed = torch.tensor([float(refused is not None)], device=device)
+    distributed.all_reduce_sum(failed)  # the barrier: rank 0 has opened (or refused) the cache
+    if refused is not None:
+        raise refused
+    if failed.item():
+        raise ConfigError(f"teacher cache {config.teacher_cache} was refused by process 0 (its error says why)")
+    return cache if cache is not None else TeacherCache(**kwargs)
 
 
 def resume(run: Run, saved: dict[str, Any]) -> None:

@@ -106,8 +106,13 @@ def test_int8_accuracy_on_the_validation_set(checkpoint):
 def test_predict_compiled_equals_eager(checkpoint, digit_files, capsys):
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", *digit_files]) == 0
     eager = json.loads(capsys.readouterr().out)
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     assert main(["predict", "--checkpoint", str(checkpoint), "--compile", "--batch-size", "5", "--json",
                  *digit_files]) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did go through the compiler
     compiled = json.loads(capsys.readouterr().out)
     for a, b in zip(eager, compiled):
         assert [c["class"] for c in a["top"]] == [c["class"] for c in b["top"]]

@@ -227,13 +227,39 @@ def test_a_cache_from_another_machine_kind_is_used_and_its_agreement_reported(tm
     cache = tmp_path / "cache"
     short = dict(epochs=1, train_subset=64, model_ema=False)
     train(_config(tmp_path, teacher_file, "fill", teacher_cache=str(cache), **short))
-    record = json.loads((cache / "cache.json").read_text())
-    record["machine"] = "cpu:AVX2-elsewhere"
-    (cache / "cache.json").write_text(json.dumps(record))
+    for shard in (cache / "epoch00000").glob("*.pt"):  # as if an AVX2 machine had filled it
+        payload = torch.load(shard, weights_only=True)
+        assert payload["machine"] == f"cpu:{torch.backends.cpu.get_cpu_capability()}"
+        payload["machine"] = "cpu:AVX2-elsewhere"
+        torch.save(payload, shard)
     run = train(_config(tmp_path, teacher_file, "read", teacher_cache=str(cache), **short))
     stats = _cache_stats(run.output)
-    assert stats["misses"] == 0 and stats["made_on"] == "cpu:AVX2-elsewhere"
+    assert stats["misses"] == 0 and stats["made_on"] == ["cpu:AVX2-elsewhere"]
     assert stats["checked_samples"] == stats["hits"] == 64 and stats["argmax_agreement"] == 100.0
+
+
+def test_a_cache_cut_into_other_shards_is_refused(tmp_path, teacher_file, monkeypatch):
+    cache = str(tmp_path / "cache")
+    short = dict(epochs=1, train_subset=64, model_ema=False)
+    train(_config(tmp_path, teacher_file, "a", teacher_cache=cache, **short))
+    monkeypatch.setattr("deit.teacher_cache.DEFAULT_SHARD_BATCHES", 1)
+    with pytest.raises(TeacherCacheMismatchError, match=r"shard_size: 2048 in the cache, 32 in this run"):
+        train(_config(tmp_path, teacher_file, "b", teacher_cache=cache, **short))
+
+
+def test_soft_targets_from_the_cache_and_data_loader_workers(tmp_path, teacher_file):
+    """Soft distillation through the cache, read back by a run whose views come from 2
+    DataLoader worker processes: the same views, the same targets, the same weights."""
+    short = dict(epochs=1, train_subset=64, model_ema=False, distillation_type="soft")
+    filled = train(_config(tmp_path, teacher_file, "fill", teacher_cache=str(tmp_path / "cache"), **short))
+    read = train(_config(tmp_path, teacher_file, "read", teacher_cache=str(tmp_path / "cache"), num_workers=2,
+                         **short))
+    assert _cache_stats(filled.output) == {"hits": 0, "misses": 64}
+    assert _cache_stats(read.output) == {"hits": 64, "misses": 0}
+    a, b = _weights(filled.output), _weights(read.output)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    identity = json.loads((tmp_path / "cache" / "cache.json").read_text())["identity"]
+    assert identity["targets"] == {"kind": "soft", "tau": 3.0, "topk": 10}
 
 
 def test_teacher_cache_needs_distillation():
