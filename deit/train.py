@@ -526,6 +526,7 @@ def resume(run: Run, saved: dict[str, Any]) -> None:
     run.num_updates = int(saved["num_updates"])
     run.best_acc1 = float(saved.get("best_acc1", run.best_acc1))
     done = saved.get("metrics") or {}
+    run.final = dict(done)  # the last epoch's metrics, until this invocation runs another one
     if ("images_seen" not in done or "elapsed_s" not in done) and run.env.is_main:
         logger.info("last.pth has no images_seen / elapsed_s: counting images from its %d updates x the effective "
                     "batch %d, and wall time from this resume", run.num_updates, run.effective_batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import os
 import random
 import signal
@@ -177,6 +178,10 @@ def test_io_error_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     assert _metrics(out)[:1] == first_rows and [row["epoch"] for row in _metrics(out)] == ["0", "1"]
     assert main(["train", *RUN, *SHORT, "--output", str(out), "--resume"]) == 0
     assert [row["epoch"] for row in _metrics(out)] == ["0", "1", "2", "3"]
+    # resuming a finished run runs nothing and keeps the summary's final metrics
+    final = json.loads((out / "summary.json").read_text())["final"]
+    assert main(["train", *RUN, *SHORT, "--output", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["final"]["val_acc1"] == final["val_acc1"]
 
 
 # --- safe loading ----------------------------------------------------------------------------
