@@ -78,7 +78,7 @@ def test_distillation_head_follows_the_teacher_not_the_labels(digits_teacher, tm
             param[[1, 7]] = param[[7, 1]].clone()
     save_model(teacher, tmp_path / "swapped.safetensors")
     common = dict(teacher_model="convnext_atto_32", teacher_checkpoint=str(tmp_path / "swapped.safetensors"),
-                  epochs=10, lr=5e-3)
+                  epochs=20, lr=5e-3)
     s = run(tmp_path / "student", model="deit_pico_distilled_patch4_32", distillation_type="hard", **common).final
     c = run(tmp_path / "control", model="deit_pico_patch4_32", distillation_type="none", **common).final
     assert s["val_dist_teacher_agreement"] > c["val_teacher_agreement"] + 5, (s, c)
