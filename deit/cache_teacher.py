@@ -23,7 +23,7 @@ import torch
 from deit import distributed
 from deit.config import TrainConfig
 from deit.data.replay import ReplayMixup
-from deit.engine import Amp
+from deit.engine import Amp, epoch_steps
 from deit.errors import ConfigError
 from deit.train import build_data, build_mixup, build_teacher, build_teacher_cache, reduce_cache_stats, resolve_device
 
@@ -53,6 +53,7 @@ def fill_teacher_cache(config: TrainConfig, epochs: Sequence[int], world_size: i
     distributed.init(env, device)
     start = time.perf_counter()
     counts = {"hits": 0, "misses": 0, "epochs_skipped": 0}
+    amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     try:
         teacher = None
         for rank in shares:
@@ -60,10 +61,9 @@ def fill_teacher_cache(config: TrainConfig, epochs: Sequence[int], world_size: i
             loader, _, classes, data_config = build_data(config, share)
             if teacher is None:
                 teacher = build_teacher(config, len(classes), data_config).to(device)
-            amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
             cache = build_teacher_cache(config, share, device, loader, teacher, len(classes), amp)
             mixup = build_mixup(config, len(classes))
-            steps = (len(loader) // config.accum_steps) * config.accum_steps
+            steps = epoch_steps(loader, config.accum_steps)
             for epoch in epochs:
                 if cache.has_epoch(epoch):
                     counts["epochs_skipped"] += 1

@@ -65,6 +65,11 @@ def _split_outputs(model: nn.Module, outputs: Any) -> tuple[Any, torch.Tensor | 
     return outputs, None
 
 
+def epoch_steps(loader: Iterable, accum_steps: int) -> int:
+    """The micro-batches an epoch trains on: whole optimizer updates of ``accum_steps`` each."""
+    return (len(loader) // accum_steps) * accum_steps
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: DistillationLoss,
@@ -106,7 +111,7 @@ def train_one_epoch(
     from tqdm import tqdm
 
     model.train()
-    steps = (len(loader) // accum_steps) * accum_steps
+    steps = epoch_steps(loader, accum_steps)
     totals = [0.0, 0.0, 0.0]  # loss, base loss, distillation loss, each summed over images
     pending: list[torch.Tensor] = []  # this update's loss terms, (3,) per micro-batch, on the device
     batch_sizes: list[int] = []

@@ -90,16 +90,22 @@ def device_kind(device: torch.device) -> str:
     return f"{device.type}:{torch.backends.cpu.get_cpu_capability()}"
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes, values), the
-    non-persistent buffers of an input re-normalisation included."""
-    digest = hashlib.sha256(type(module).__name__.encode())
-    tensors = [*module.named_parameters(), *module.named_buffers()]
-    for name, tensor in sorted(tensors, key=lambda item: item[0]):
-        data = tensor.detach().cpu().contiguous().reshape(-1)  # (numel,): a 0-d tensor cannot be viewed as bytes
+def _tensors_digest(tensors: dict[str, torch.Tensor], prefix: bytes = b"") -> str:
+    """SHA-256 of named tensors: names, dtypes, shapes and values, in name order."""
+    digest = hashlib.sha256(prefix)
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu()
+        data = tensor.contiguous().reshape(-1)  # (numel,): a 0-d tensor cannot be viewed as bytes
         digest.update(f"{name}\0{data.dtype}\0{tuple(tensor.shape)}\n".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes, values), the
+    non-persistent buffers of an input re-normalisation included."""
+    return _tensors_digest(dict([*module.named_parameters(), *module.named_buffers()]),
+                           prefix=type(module).__name__.encode())
 
 
 def _identity_digest(identity: dict[str, Any]) -> str:
@@ -110,13 +116,6 @@ def _index_dtype(num_classes: int) -> torch.dtype:
     return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32767 else torch.int32
 
 
-def _rows_digest(rows: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(rows):
-        data = rows[name].contiguous().reshape(-1)  # (numel,)
-        digest.update(f"{name}\0{data.dtype}\0{tuple(rows[name].shape)}\n".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -260,7 +259,7 @@ class TeacherCache:
             wrong = [key for key, value in expected.items() if payload.get(key) != value]
             if wrong:
                 return None, f"it holds other rows or settings ({', '.join(f'{k} {payload.get(k)!r}' for k in wrong)})"
-            if _rows_digest(rows) != payload.get("sha256"):
+            if _tensors_digest(rows) != payload.get("sha256"):
                 return None, "its checksum does not match its rows"
             n = expected["num_rows"]
             if any(t.shape[0] != n for t in rows.values()) or set(rows) != set(self._empty_rows(0)):
@@ -288,7 +287,7 @@ class TeacherCache:
     def _write_shard(self, epoch: int, shard: int, rows: dict[str, torch.Tensor]) -> None:
         path = self.shard_path(epoch, shard)
         payload = {**self._shard_header(epoch, shard), "machine": self.machine, "rows": rows,
-                   "sha256": _rows_digest(rows)}
+                   "sha256": _tensors_digest(rows)}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     def has_epoch(self, epoch: int) -> bool:

@@ -40,7 +40,7 @@ from deit.data import build_loader, build_transform, dataset_mean_std, load_data
 from deit.data.datasets import dataset_fingerprint, stratified_indices
 from deit.data.replay import ReplayMixup
 from deit import distributed
-from deit.engine import Amp, evaluate, train_one_epoch
+from deit.engine import Amp, epoch_steps, evaluate, train_one_epoch
 from deit.errors import ConfigError
 from deit.factory import create_model
 from deit.fileio import write_text_atomic
@@ -483,19 +483,16 @@ def resolved_tau(config: TrainConfig) -> float:
 
 
 def build_teacher_cache(config: TrainConfig, env: distributed.DistEnv, device: torch.device, train_loader,
-                        teacher: nn.Module, num_classes: int, amp: Amp, *, rank: int | None = None
-                        ) -> TeacherCache | None:
-    """The ``--teacher-cache`` of this process (``rank``: another share, for ``deit
-    cache-teacher`` filling every rank's in one process), or ``None`` without one."""
+                        teacher: nn.Module, num_classes: int, amp: Amp) -> TeacherCache | None:
+    """The ``--teacher-cache`` of the process ``env`` describes (``deit cache-teacher`` passes
+    each share it fills), or ``None`` without one."""
     if not config.teacher_cache:
         return None
-    steps = (len(train_loader) // config.accum_steps) * config.accum_steps  # the batches an epoch trains on
-    samples = steps * config.batch_size
+    samples = epoch_steps(train_loader, config.accum_steps) * config.batch_size
     identity = teacher_cache_identity(config, env, train_loader, teacher, amp, samples)
-    rank = env.rank if rank is None else rank
     kwargs = dict(directory=Path(config.teacher_cache), identity=identity, teacher=teacher,
                   num_classes=num_classes, kind=config.distillation_type, batch_size=config.batch_size,
-                  samples_per_epoch=samples, world_size=env.world_size, rank=rank, tau=resolved_tau(config),
+                  samples_per_epoch=samples, world_size=env.world_size, rank=env.rank, tau=resolved_tau(config),
                   topk=config.teacher_cache_topk, machine=device_kind(device))
     cache, refused = None, None
     if env.is_main:  # writes cache.json when the directory is new; the others then read it

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, Sampler
 
 from deit._validation import check_non_negative_int, check_positive_int
 
-__all__ = ["ReplayDataset", "ReplayMixup", "ReplaySampler", "sample_keys_positions", "seeded_rngs"]
+__all__ = ["ReplayDataset", "ReplayMixup", "ReplaySampler", "key_seed", "seeded_rngs"]
 
 _SAMPLE_STREAM, _MIXUP_STREAM = 0, 1
 
@@ -154,11 +154,4 @@ class ReplayMixup:
         if name in ("mixup", "seed") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.mixup, name)
-
-
-def sample_keys_positions(keys: torch.Tensor, world_size: int) -> tuple[int, torch.Tensor]:
-    """The epoch of a batch's (B, 2) keys and each sample's position in this process's
-    share of the epoch (``position // world_size``), (B,)."""
-    epoch = int(keys[0, 0])
-    return epoch, keys[:, 1] // world_size  # (B,)
 
