@@ -55,14 +55,14 @@ def fill_teacher_cache(config: TrainConfig, epochs: Sequence[int], world_size: i
     counts = {"hits": 0, "misses": 0, "epochs_skipped": 0}
     amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     try:
-        teacher = None
+        teacher = mixup = None
         for rank in shares:
             share = distributed.DistEnv(rank=rank, world_size=total, local_rank=env.local_rank)
             loader, _, classes, data_config = build_data(config, share)
-            if teacher is None:
+            if teacher is None:  # one teacher and one Mixup for every share: neither depends on the rank
                 teacher = build_teacher(config, len(classes), data_config).to(device)
+                mixup = build_mixup(config, len(classes))
             cache = build_teacher_cache(config, share, device, loader, teacher, len(classes), amp)
-            mixup = build_mixup(config, len(classes))
             steps = epoch_steps(loader, config.accum_steps)
             for epoch in epochs:
                 if cache.has_epoch(epoch):

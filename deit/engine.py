@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sized
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def _split_outputs(model: nn.Module, outputs: Any) -> tuple[Any, torch.Tensor | 
     return outputs, None
 
 
-def epoch_steps(loader: Iterable, accum_steps: int) -> int:
+def epoch_steps(loader: Sized, accum_steps: int) -> int:
     """The micro-batches an epoch trains on: whole optimizer updates of ``accum_steps`` each."""
     return (len(loader) // accum_steps) * accum_steps
 

@@ -116,8 +116,6 @@ def _index_dtype(num_classes: int) -> torch.dtype:
     return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32767 else torch.int32
 
 
-
-
 @dataclass
 class CacheStats:
     """What ``summary.json`` reports as ``teacher_cache``: samples whose targets came from

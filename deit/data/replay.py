@@ -154,4 +154,3 @@ class ReplayMixup:
         if name in ("mixup", "seed") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.mixup, name)
-
