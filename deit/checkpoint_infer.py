@@ -10,7 +10,8 @@ overrides build a model with exactly the file's shapes, e.g. a 24x24 position gr
 
 What the shapes give (timm layout, see :func:`deit.checkpoint.to_timm_layout`):
 
-* ViT / DeiT: width and patch size from ``patch_embed.proj.weight`` (D, C, p, p);
+* ViT / DeiT: width and patch size from ``patch_embed.proj.weight`` (D, C, p, p), or,
+  with a convolutional stem (``patch_embed.stem.i``), 2 ** steps x the kernel of ``proj``;
   prefix rows = 1 + (``dist_token`` present); grid = sqrt(pos_embed rows - prefix);
   image size = grid * patch; depth = number of ``blocks.N``; MLP width from ``fc1``;
   classes from ``head.weight`` (0 without a head). The number of attention heads is not
@@ -147,7 +148,11 @@ def _infer_vit(sd: Mapping[str, torch.Tensor], heads: int | None) -> Architectur
         raise CheckpointError(f"pos_embed has {pos.shape[1]} rows = {prefix} prefix row(s) + {patches} patch rows, "
                               "which is not a square grid")
     technique = "convolutional"
-    if proj.ndim == 4:  # Conv2d (D, C, p, p)
+    stem_depth = _count_indexed(sd, r"patch_embed\.stem\.(\d+)\.", "convolutional stem step")
+    if stem_depth:  # Xiao et al.'s stem: stride-2 3x3 steps, then proj with what remains of the patch
+        technique, in_channels = "conv_stem", int(sd["patch_embed.stem.0.conv.weight"].shape[1])
+        patch = (2 ** stem_depth) * int(proj.shape[-1])
+    elif proj.ndim == 4:  # Conv2d (D, C, p, p)
         in_channels, patch, patch_w = int(proj.shape[1]), int(proj.shape[2]), int(proj.shape[3])
         if patch != patch_w:
             raise CheckpointError(f"patch_embed.proj.weight has a {patch}x{patch_w} kernel; only square patches "
@@ -250,6 +255,8 @@ def _overrides(arch: Architecture, base: Architecture) -> dict[str, Any]:
 def _same_core(arch: Architecture, other: Architecture) -> bool:
     if arch.family != other.family:
         return False
+    if (arch.patchify_technique == "conv_stem") != (other.patchify_technique == "conv_stem"):
+        return False  # a stem is another architecture; "linear" and "convolutional" are one function
     return all(getattr(arch, f) is None or getattr(arch, f) == getattr(other, f) for f in _CORE[arch.family])
 
 
@@ -298,6 +305,7 @@ def _closest(arch: Architecture, registered: Mapping[str, Architecture]) -> tupl
         score_fields = ("depths", "stem_width")
     else:
         pool = [n for n, r in registered.items() if r.family == "vit" and r.distilled == arch.distilled
+                and (r.patchify_technique == "conv_stem") == (arch.patchify_technique == "conv_stem")
                 and (arch.heads is not None or r.width == arch.width)]
         score_fields = ("width", "heads", "depth", "patch_size", "image_size", "mlp_width")
     if not pool:

@@ -319,3 +319,21 @@ def test_named_architecture_keeps_a_foreign_files_head_and_channels(tmp_path):
     x = torch.randn(2, 1, 224, 224)
     with torch.no_grad():
         assert torch.allclose(ours.eval().student_model(x), peer(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deit_pico_distilled_convstem_patch8_28", "deit_nano_convstem_patch8_28",
+                                  "deit_pico_convstem_patch4_28"])
+def test_conv_stem_variants_round_trip_and_are_recognised_from_a_bare_state_dict(tmp_path, name):
+    model = perturb_(create_model(name, num_classes=5, in_channels=1)).eval()
+    x = torch.rand(2, 1, 28, 28)
+    path = save_model(model, tmp_path / "m.safetensors")
+    rebuilt, _ = build_from_checkpoint(path)
+    assert rebuilt.model_name == name and rebuilt.patch_embed.technique == "conv_stem"
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pth")  # no metadata: shapes only
+    dst, inferred = convert_checkpoint(tmp_path / "bare.pth", tmp_path / "converted.safetensors")
+    assert inferred == name
+    bare, _ = build_from_checkpoint(dst)
+    with torch.no_grad():
+        expected = model.student_model(x) if isinstance(model, DeiT) else model(x)
+        for other in (rebuilt.eval(), bare.eval()):
+            torch.testing.assert_close(other.student_model(x) if isinstance(other, DeiT) else other(x), expected)

@@ -53,13 +53,15 @@ def test_fused_output_is_the_mean_of_the_heads(distilled, tmp_path):
     np.testing.assert_allclose(run_exported(path, x)[2], expected.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["deit_pico_patch4_32", "convnext_atto_32", "resnet8_32"])
+@pytest.mark.parametrize("name", ["deit_pico_patch4_32", "deit_pico_convstem_patch8_28", "convnext_atto_32",
+                                  "resnet8_32"])
 def test_single_head_models_export(name, tmp_path):
     model = create_model(name, num_classes=5, in_channels=3).eval()
-    data = {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    size = getattr(model, "image_size", 32)
+    data = {"image_size": size, "in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
     path, meta = export_model(model, tmp_path / "m.onnx", data_config=data)
     assert meta["outputs"] == ["logits"] and meta["classes"] == ["0", "1", "2", "3", "4"]
-    assert max(verify_export(path, model, torch.randn(3, 3, 32, 32)).values()) < 1e-4
+    assert max(verify_export(path, model, torch.randn(3, 3, size, size)).values()) < 1e-4
     with pytest.raises(ValueError, match="head='cls' needs a distilled model"):
         export_model(model, tmp_path / "m2.onnx", head="cls", data_config=data)
 

@@ -15,11 +15,44 @@ from torch import nn
 from deit._validation import check_choice, check_image_values
 from deit.errors import ConfigError
 
-PATCHIFY_TECHNIQUES = ("linear", "convolutional")
+PATCHIFY_TECHNIQUES = ("linear", "convolutional", "conv_stem")
+
+
+class ConvBnAct(nn.Module):
+    """3x3 convolution, BatchNorm, ReLU: one step of the convolutional stem (timm's
+    ``ConvNormAct`` names: ``conv``, ``bn``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def conv_stem_channels(d_model: int, patch_size: int) -> list[int]:
+    """Output channels of the stem's stride-2 3x3 convolutions for ``patch_size``: one per
+    factor of two in it, doubling up to ``d_model`` (Xiao et al. 2021, "Early Convolutions
+    Help Transformers See Better", §3: 24-48-96-192 for a width-192 ViT at patch 16)."""
+    count = (patch_size & -patch_size).bit_length() - 1  # factors of two in the patch size
+    return [max(d_model >> (count - 1 - i), 8) for i in range(count)]
+
+
+def conv_stem_grid(image_size: int, patch_size: int) -> int:
+    """Token grid side of the convolutional stem: each stride-2, padding-1 3x3 convolution
+    maps a side ``n`` to ``ceil(n / 2)``, then ``proj`` floors by what remains of the patch.
+    A side that is not a multiple of the patch keeps its border (28 px at patch 8: 28 -> 14
+    -> 7 -> 4, a 4x4 grid), where a plain patchify would need ``image_size % patch_size == 0``."""
+    side, rest = image_size, patch_size
+    while rest % 2 == 0:
+        side, rest = -(-side // 2), rest // 2
+    return side // rest
 
 
 class PatchEmbed(nn.Module):
-    """Split an image into non-overlapping patches and project each to ``d_model``.
+    """Split an image into patches and project each to ``d_model``: tokens (B, N, D).
 
     ``technique="convolutional"``: a ``Conv2d(kernel=stride=patch_size)``; weight
     ``(D, C, p, p)`` as in timm and the official checkpoints.
@@ -27,6 +60,13 @@ class PatchEmbed(nn.Module):
     ``(D, C*p*p)`` with the features ordered ``(C, p_h, p_w)``, i.e. exactly
     ``conv_weight.reshape(D, -1)``, so both techniques compute the same function
     given the same weights (the checkpoint filter converts between them).
+    ``technique="conv_stem"``: the convolutional stem of Xiao et al. 2021 (§3): one
+    stride-2 3x3 Conv-BN-ReLU (``stem.i``) per factor of two in ``patch_size``, with
+    channels doubling up to ``d_model`` (:func:`conv_stem_channels`), then ``proj``, a
+    ``Conv2d`` whose kernel and stride are what remains of the patch (1x1 for a power of
+    two). Each token then sees overlapping 3x3 neighbourhoods instead of one patch, which
+    makes small-data transformers learn far faster (Xiao et al. 2021, Fig. 1). The grid is
+    :func:`conv_stem_grid`, so ``image_size`` need not be a multiple of ``patch_size``.
     """
 
     def __init__(self, *, image_size: int, patch_size: int, in_channels: int, d_model: int,
@@ -37,10 +77,21 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         self.in_channels = in_channels
         self.technique = technique
-        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        side = conv_stem_grid(image_size, patch_size) if technique == "conv_stem" else image_size // patch_size
+        self.grid_size = (side, side)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         if technique == "convolutional":
             self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        elif technique == "conv_stem":
+            if patch_size % 2:
+                raise ConfigError(f"patch_size={patch_size} does not fit patchify_technique='conv_stem': the stem "
+                                  "halves the image with each convolution, so the patch size needs a factor of two "
+                                  "(e.g. 4 for 28-32 px images, 16 for 224 px); use 'convolutional' for odd patches")
+            channels = conv_stem_channels(d_model, patch_size)
+            self.stem = nn.Sequential(*[ConvBnAct(c_in, c_out, stride=2)
+                                        for c_in, c_out in zip([in_channels, *channels], channels)])
+            rest = patch_size >> len(channels)
+            self.proj = nn.Conv2d(channels[-1], d_model, kernel_size=rest, stride=rest)
         else:
             self.proj = nn.Linear(in_channels * patch_size * patch_size, d_model)
 
@@ -66,7 +117,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.technique == "convolutional":
+        if self.technique == "conv_stem":
+            x = self.stem(x)  # (B, C_k, H/2^k, W/2^k)
+        if self.technique != "linear":
             x = self.proj(x)  # (B, D, H/p, W/p)
             return x.flatten(2).transpose(1, 2)  # (B, N, D)
         B, C, H, W = x.shape

@@ -156,7 +156,10 @@ for _name in ("deit_pico_patch4_32", "deit_nano_patch4_32", "deit_tiny_patch4_32
               "convnext_femto_32", "convnext_pico_32", "resnet8_32", "resnet14_32", "resnet20_32", "resnet8w4_32",
               "resnet14w2_32"):
     _CFGS[_name] = _small()
-for _name in ("deit_pico_patch7_28", "deit_pico_distilled_patch7_28"):
+for _name in ("deit_pico_patch7_28", "deit_pico_distilled_patch7_28", "deit_pico_convstem_patch8_28",
+              "deit_pico_distilled_convstem_patch8_28", "deit_nano_convstem_patch8_28",
+              "deit_nano_distilled_convstem_patch8_28", "deit_pico_convstem_patch4_28",
+              "deit_pico_distilled_convstem_patch4_28"):
     _CFGS[_name] = _small(28)
 
 

@@ -48,14 +48,17 @@ class ViT(nn.Module):
     Args:
         num_classes: classifier outputs; ``0`` gives a feature extractor (no head).
         d_model: token width D.
-        image_size: input side in pixels; must be divisible by ``patch_size``.
+        image_size: input side in pixels; must be divisible by ``patch_size`` (any size at
+            least ``patch_size`` with ``"conv_stem"``).
         patch_size: patch side in pixels.
         classifier_mlp_d: hidden units of the tanh pre-logits layer of the original ViT
             pre-training head; ``None`` gives a single linear head.
         encoder_mlp_d: hidden units of every block's MLP.
         encoder_num_heads: attention heads; must divide ``d_model``.
         num_encoder_blocks: depth.
-        patchify_technique: ``"convolutional"`` (Conv2d) or ``"linear"`` (unfold + Linear).
+        patchify_technique: ``"convolutional"`` (Conv2d), ``"linear"`` (unfold + Linear), the
+            seed's two, which compute the same function; or ``"conv_stem"``, a few stride-2
+            3x3 convolutions (Xiao et al. 2021; :class:`~deit.models.layers.PatchEmbed`).
         stochastic_depth: enable drop-path; the rate rises linearly from 0 at the first
             block to ``stochastic_depth_mp`` at the last (Huang et al. 2016; DeiT Table 9).
         layer_scale: LayerScale init value (CaiT); ``None`` disables LayerScale.
@@ -94,7 +97,12 @@ class ViT(nn.Module):
             check_positive_int(name, value)
         if classifier_mlp_d is not None:
             check_positive_int("classifier_mlp_d", classifier_mlp_d)
-        check_divisible("image_size", image_size, "patch_size", patch_size)
+        if patchify_technique == "conv_stem":  # strided convolutions keep the border: any size >= the patch
+            if image_size < patch_size:
+                raise ConfigError(f"image_size={image_size} is smaller than patch_size={patch_size}: the "
+                                  "convolutional stem would leave no token; use a smaller patch_size")
+        else:
+            check_divisible("image_size", image_size, "patch_size", patch_size)
         check_divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)
         for name, value in (("dropout", dropout), ("encoder_dropout", encoder_dropout),
                             ("encoder_attention_dropout", encoder_attention_dropout),

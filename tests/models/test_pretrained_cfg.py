@@ -28,7 +28,8 @@ def _fields(get) -> dict:
 
 
 def test_every_registered_name_has_a_configuration():
-    assert len(OFFICIAL) == 8 and len(CONVNEXT) == 5 and len(SMALL) == 16  # 8 DeiT/ViT, 3 ConvNeXt, 5 ResNet
+    assert set(OFFICIAL) == set(timm.list_models("deit_*patch16*")) - set(timm.list_models("deit3_*"))
+    assert set(OFFICIAL) | set(CONVNEXT) | set(SMALL) == set(list_models())
     for name in list_models():
         cfg = get_pretrained_cfg(name)
         assert cfg.input_size[0] == 3 and cfg.data_config()["image_size"] == cfg.input_size[1]

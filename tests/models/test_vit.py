@@ -150,3 +150,76 @@ def test_attention_matches_explicit_softmax_attention():
 def test_bad_input_gives_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         ViT(**SMALL)(bad)
+
+
+# --- convolutional stem (Xiao et al. 2021) ---------------------------------------------------
+
+STEM = dict(num_classes=5, d_model=32, encoder_mlp_d=64, encoder_num_heads=4, num_encoder_blocks=2,
+            in_channels=1, patchify_technique="conv_stem")
+
+
+@pytest.mark.parametrize("d_model, patch, channels", [(192, 16, [24, 48, 96, 192]), (64, 8, [16, 32, 64]),
+                                                      (64, 4, [32, 64]), (32, 12, [16, 32])])
+def test_conv_stem_channels_double_up_to_the_width(d_model, patch, channels):
+    from deit.models.layers import conv_stem_channels
+
+    assert conv_stem_channels(d_model, patch) == channels  # Xiao et al. 2021 §3: 24-48-96-192 at width 192
+
+
+@pytest.mark.parametrize("image_size, patch, grid", [(28, 8, 4), (32, 8, 4), (28, 4, 7), (224, 16, 14), (24, 12, 2)])
+def test_conv_stem_grid_and_token_count(image_size, patch, grid):
+    model = ViT(**STEM, image_size=image_size, patch_size=patch).eval()
+    assert model.patch_embed.grid_size == (grid, grid)
+    tokens = model.forward_features(torch.rand(2, 1, image_size, image_size))
+    assert tokens.shape == (2, 1 + grid * grid, 32)
+    assert model.pos_embed.shape == (1, 1 + grid * grid, 32)
+
+
+def _timm_hybrid_vit(image_size: int, patch: int, ours: ViT):
+    """timm's hybrid ViT with its ``ConvStem`` set up as Xiao et al.'s stem: stride-2 3x3
+    Conv-BN-ReLU steps, then a convolution with bias and no norm (timm's ``vit_base_mci_224`` pattern)."""
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_hybrid import ConvStem
+    from timm.layers import HybridEmbed
+    from functools import partial
+    from deit.models.layers import conv_stem_channels
+
+    channels = conv_stem_channels(32, patch)
+    rest = patch >> len(channels)
+    stem = ConvStem(in_chans=1, depth=len(channels) + 1, channels=(*channels, 32), kernel_size=(3,) * len(channels)
+                    + (rest,), stride=(2,) * len(channels) + (rest,), padding=(1,) * len(channels) + (0,))
+    return VisionTransformer(img_size=image_size, patch_size=1, in_chans=1, num_classes=5, embed_dim=32, depth=2,
+                             num_heads=4, mlp_ratio=2.0, embed_layer=partial(HybridEmbed, backbone=stem, proj=False))
+
+
+@pytest.mark.parametrize("image_size, patch", [(28, 8), (32, 4), (24, 12)])
+def test_conv_stem_equals_timms_hybrid_vit_given_the_same_weights(image_size, patch):
+    ours = perturb_(ViT(**STEM, image_size=image_size, patch_size=patch))
+    theirs = _timm_hybrid_vit(image_size, patch, ours)
+    sd = {}
+    for key, value in ours.state_dict().items():
+        if key.startswith("patch_embed.stem."):
+            key = key.replace("patch_embed.stem.", "patch_embed.backbone.")
+        elif key.startswith("patch_embed.proj."):
+            key = key.replace("patch_embed.proj.", f"patch_embed.backbone.{len(ours.patch_embed.stem)}.conv.")
+        sd[key] = value
+    theirs.load_state_dict(sd)
+    x = torch.rand(3, 1, image_size, image_size)
+    for mode in ("eval", "train"):  # train: BatchNorm on the batch's statistics in both
+        getattr(ours, mode)(), getattr(theirs, mode)()
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_stem_learns_through_every_layer():
+    model = ViT(**STEM, image_size=28, patch_size=8).train()
+    model(torch.rand(4, 1, 28, 28)).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.patch_embed.parameters())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=28, patch_size=7), "patch_size=7 does not fit patchify_technique='conv_stem'"),
+    (dict(image_size=4, patch_size=8), "image_size=4 is smaller than patch_size=8"),
+])
+def test_conv_stem_configuration_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ViT(**STEM, **kwargs)
