@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 
 from deit.checkpoint import save_model
-from deit.config import (BAD_IMAGE_POLICIES, add_config_arguments, available_recipes, describe_recipe, load_config,
-                         overrides_from_args, recipe_summary)
+from deit.config import (BAD_IMAGE_POLICIES, add_config_arguments, describe_recipe, load_config, overrides_from_args,
+                         recipe_names, recipe_summary)
 from deit.errors import ConfigError, DeitError
 from deit.factory import build_from_checkpoint, convert_checkpoint, create_model
 from deit.flops import count_flops
@@ -179,11 +179,15 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from deit.cache_teacher import fill_teacher_cache
 
     config = load_config(args.config, overrides_from_args(args))
-    first, last = args.epoch_range if args.epoch_range is not None else (0, config.epochs)
-    if not 0 <= first < last:
-        raise ConfigError(f"--epoch-range {first} {last} is invalid; expected FIRST LAST with 0 <= FIRST < LAST "
-                          "(epochs FIRST .. LAST-1)")
-    counts = fill_teacher_cache(config, range(first, last), world_size=args.world_size)
+    epochs = None  # every epoch of the run's plan: --epochs, or the epochs its --budget-images takes
+    if args.epoch_range is not None:
+        first, last = args.epoch_range
+        if not 0 <= first < last:
+            raise ConfigError(f"--epoch-range {first} {last} is invalid; expected FIRST LAST with 0 <= FIRST < LAST "
+                              "(epochs FIRST .. LAST-1)")
+        epochs = range(first, last)
+    counts = fill_teacher_cache(config, epochs, world_size=args.world_size)
+    first, last = counts["epochs"]
     if distributed.detect().is_main:
         print(f"teacher cache {config.teacher_cache}: epochs {first}..{last - 1}, {counts['misses']} outputs "
               f"computed, {counts['hits']} already stored, {counts['epochs_skipped']} complete epoch share(s) "
@@ -195,9 +199,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if args.name is not None:
         print(describe_recipe(args.name), end="")
         return 0
-    for name in available_recipes():
+    for name in recipe_names():
         print(f"{name:12s} {recipe_summary(name)}")
-    print(f"{'(none)':12s} the paper's ImageNet recipe (Table 9), the defaults of deit train")
+    print(f"{'(not given)':12s} deit train chooses by the data: small-data for small data sets of small images, "
+          "else paper (deit train --help, --recipe)")
     return 0
 
 
@@ -372,10 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (with or without a teacher); torchrun-aware",
                        description="Train a model. Settings come from the defaults (the paper's recipe, Table 9 "
-                                   "of Touvron et al. 2021, and the official main.py), then --recipe NAME, then "
-                                   "--config FILE.yaml, then these flags. Under torchrun it trains with DDP. The "
-                                   "learning rate actually used is --lr x effective batch / 512; the run prints it "
-                                   "at the start.")
+                                   "of Touvron et al. 2021, and the official main.py), then --recipe NAME (not "
+                                   "given: chosen by the data, logged), then --config FILE.yaml, then these flags. "
+                                   "The length is --epochs, or --budget-images / --budget-minutes. Under torchrun it "
+                                   "trains with DDP. The learning rate actually used is --lr x effective batch / "
+                                   "512; the run prints it at the start.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags, with underscores; the run writes "
                                     "its resolved settings as <output>/config.yaml)")
     add_config_arguments(p)
@@ -389,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "teacher. Machines can fill different --epoch-range's of one directory.")
     p.add_argument("--config", help="YAML file of settings, as for deit train")
     p.add_argument("--epoch-range", type=int, nargs=2, metavar=("FIRST", "LAST"),
-                   help="epochs FIRST .. LAST-1 (default: every epoch of --epochs)")
+                   help="epochs FIRST .. LAST-1 (default: every epoch of the run: --epochs, or the epochs its "
+                        "--budget-images takes)")
     p.add_argument("--world-size", type=int, metavar="N",
                    help="fill the shares of a run of N processes (torchrun --nproc_per_node N) from this one "
                         "process; under torchrun each process fills its own (default: 1)")

@@ -7,10 +7,17 @@ stochastic depth 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, Mix
 CutMix 1.0 with switch probability 0.5, repeated augmentation x3, EMA 0.99996.
 
 A recipe (``--recipe NAME``, or ``recipe: NAME`` in a --config file) is a YAML file of
-settings shipped in ``deit/recipes/`` for another regime than the paper's. Precedence:
-dataclass defaults < recipe < --config file < flags, so a recipe only moves the defaults.
-The recipe's distillation settings apply only to a run with a teacher
-(:data:`RECIPE_TEACHER_KEYS`).
+settings shipped in ``deit/recipes/`` for another regime than the paper's, or ``paper``
+(:data:`PAPER_RECIPE`), the defaults themselves. Precedence: dataclass defaults < recipe <
+--config file < flags, so a recipe only moves the defaults. The recipe's distillation
+settings apply only to a run with a teacher (:data:`RECIPE_TEACHER_KEYS`). A run that
+names no recipe gets the one its data call for (:func:`recipe_for_data`), chosen by
+``deit.train`` once the training set is loaded and applied under the settings given
+(:func:`apply_recipe`).
+
+The run's length is ``epochs``, or a budget of training images (``budget_images``) or of
+minutes (``budget_minutes``, turned into images by a measured rate): see
+:mod:`deit.budget`.
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ class TrainConfig:
     kl_reduction: str = "batchmean"
     teacher_cache: str | None = None  # directory of the teacher's stored outputs (deit.teacher_cache)
     teacher_cache_topk: int = 10  # soft distillation: logits kept per view
+    teacher_memo: bool = True  # views that repeat (no random crop, Mixup...): the teacher runs once per view
     # --- data ----------------------------------------------------------------------------
     dataset: str = "digits"  # digits | fashion-mnist | mnist | path to an ImageFolder root
     data_dir: str | None = None
@@ -60,14 +68,17 @@ class TrainConfig:
     num_workers: int = 0
     bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
     # --- optimisation --------------------------------------------------------------------
-    recipe: str | None = None  # deit/recipes/<name>.yaml, applied under --config and flags; None: the paper's
+    recipe: str | None = None  # "paper" or deit/recipes/<name>.yaml, under --config and flags; None: the data's
     epochs: int = 300
+    budget_images: int | None = None  # the run's length in training images seen (deit.budget); wins over epochs
+    budget_minutes: float | None = None  # training minutes, turned into budget_images by a measured rate
     batch_size: int = 64  # per process and per step; the effective batch multiplies in accum_steps
     accum_steps: int = 1
     lr: float = 5e-4  # for an effective batch of 512: scaled linearly to the actual one
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
     warmup_epochs: float = 5  # fractions allowed: the warm-up is counted in updates
+    warmup_fraction: float | None = None  # warm-up as a share of the run's updates; wins over warmup_epochs
     weight_decay: float = 0.05
     clip_grad: float | None = None
     # --- augmentation --------------------------------------------------------------------
@@ -99,6 +110,12 @@ class TrainConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
 
+    def __post_init__(self) -> None:
+        # Not a setting: the names load_config saw in the --config file and the flags, which a
+        # recipe chosen later by the data may not change (apply_recipe). None for a config
+        # built directly, whose recipe=None then means the defaults, the paper's.
+        self.settings_given: frozenset[str] | None = None
+
     # ---------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first invalid field, what it accepts, and the
@@ -126,6 +143,7 @@ class TrainConfig:
         for name in ("num_classes", "image_size", "in_channels", "train_subset", "val_subset", "stop_after_epochs"):
             if getattr(self, name) is not None:
                 positive_int(name)
+        self._validate_budget()
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
         if (isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float))
@@ -186,9 +204,35 @@ class TrainConfig:
             raise ConfigError(f"model={self.model!r} is invalid; expected a registered model name")
         return self
 
+    def _validate_budget(self) -> None:
+        """``budget_images``, ``budget_minutes`` (at most one of them) and ``warmup_fraction``."""
+        images, minutes, fraction = self.budget_images, self.budget_minutes, self.warmup_fraction
+        if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images <= 0):
+            raise ConfigError(f"budget_images={images!r} is invalid; expected a positive integer: the training "
+                              "images the run sees, updates x effective batch summed over processes")
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                    or not 0 < minutes < float("inf")):
+            raise ConfigError(f"budget_minutes={minutes!r} is invalid; expected minutes of training > 0")
+        if images is not None and minutes is not None:
+            raise ConfigError(f"budget_images={images!r} and budget_minutes={minutes!r} both set the run's length; "
+                              "give one of --budget-images and --budget-minutes (a run's config.yaml records "
+                              "the images its minutes came to, with budget_minutes empty)")
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 <= fraction < 1):
+            raise ConfigError(f"warmup_fraction={fraction!r} is invalid; expected a share of the run's updates "
+                              "in [0, 1)")
+
     def to_dict(self) -> dict[str, Any]:
+        """The settings as YAML values. A recipe not chosen yet is written as what it will be:
+        left out for a config of load_config (loaded back, the data choose it again), and
+        ``paper`` for a config built directly, whose defaults stand (``deit.train.settle_recipe``);
+        ``recipe: null`` would mean ``paper`` to load_config either way."""
         data = asdict(self)
         data["scale"] = list(self.scale)
+        if self.recipe is None and self.settings_given is None:
+            data["recipe"] = PAPER_RECIPE
+        elif self.recipe is None:
+            del data["recipe"]
         return data
 
     def save(self, path: str | Path) -> None:
@@ -218,14 +262,25 @@ def available_recipes() -> tuple[str, ...]:
     return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
 
 
+PAPER_RECIPE = "paper"
+"""The recipe name of the dataclass defaults, the paper's ImageNet recipe (Table 9): no
+file, nothing moved. ``--recipe none`` and ``recipe: null`` written in a --config file
+mean it too (every config.yaml written before runs recorded their recipe says null)."""
+
+
+def recipe_names() -> tuple[str, ...]:
+    """Every value ``recipe`` takes: the shipped recipes and :data:`PAPER_RECIPE`."""
+    return (*available_recipes(), PAPER_RECIPE)
+
+
 def check_recipe_name(name: object) -> None:
-    """Raise ``ConfigError`` unless ``name`` is None or a shipped recipe's name."""
-    if name is None or (isinstance(name, str) and name in available_recipes()):
+    """Raise ``ConfigError`` unless ``name`` is None (not chosen yet) or a recipe's name."""
+    if name is None or (isinstance(name, str) and name in recipe_names()):
         return
     names = ", ".join(repr(n) for n in available_recipes()) or "none installed"
-    raise ConfigError(f"recipe={name!r} is not a recipe shipped with deit; expected one of: {names} (set by "
-                      "--recipe, or recipe: in a --config file; recipes are names only: a YAML file of your own "
-                      "is a --config file)")
+    raise ConfigError(f"recipe={name!r} is not a recipe shipped with deit; expected one of: {names}, or "
+                      f"{PAPER_RECIPE!r} (or none) for the paper's ImageNet recipe (set by --recipe, or recipe: "
+                      "in a --config file; recipes are names only: a YAML file of your own is a --config file)")
 
 
 def _recipe_text(name: str) -> str:
@@ -235,7 +290,9 @@ def _recipe_text(name: str) -> str:
 
 def recipe_values(name: str) -> dict[str, Any]:
     """The settings of recipe ``name``, type- and range-checked like a --config file;
-    errors name the recipe file."""
+    errors name the recipe file. :data:`PAPER_RECIPE` has none: it is the defaults."""
+    if name == PAPER_RECIPE:
+        return {}
     source = f"recipe {name!r} (deit/recipes/{name}.yaml)"
     try:
         loaded = yaml.safe_load(_recipe_text(name))
@@ -258,6 +315,9 @@ def recipe_values(name: str) -> dict[str, Any]:
 
 def recipe_summary(name: str) -> str:
     """The first paragraph of the recipe file's header comment: what it is for."""
+    if name == PAPER_RECIPE:
+        return ("the paper's ImageNet recipe (Touvron et al. 2021, Table 9; official main.py), the defaults of "
+                "deit train, made for 300 epochs of 1.28 M images")
     lines = []
     for line in _recipe_text(name).splitlines():
         text = line.lstrip("#").strip()
@@ -287,6 +347,70 @@ def describe_recipe(name: str) -> str:
     return comment + yaml.safe_dump(settings, sort_keys=False)
 
 
+LENGTH_KEYS = ("epochs", "budget_images", "budget_minutes")
+"""The settings that state a run's length: one of them given in a --config file or a flag
+replaces the recipe's length (``--epochs 30`` under a recipe with ``budget_images``)."""
+
+
+def _recipe_layer(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings recipe ``name`` lays under ``given`` (the --config file and flags): its
+    :data:`RECIPE_TEACHER_KEYS` only if the run has a teacher, from ``given`` or the recipe."""
+    recipe = recipe_values(name)
+    if not {**recipe, **given}.get("teacher_model"):
+        recipe = {k: v for k, v in recipe.items() if k not in RECIPE_TEACHER_KEYS}
+    if any(given.get(key) is not None for key in LENGTH_KEYS):  # a length stated above the recipe replaces its own
+        recipe = {k: v for k, v in recipe.items() if k not in LENGTH_KEYS}
+    return recipe
+
+
+def apply_recipe(config: TrainConfig, name: str) -> TrainConfig:
+    """``config``, which names no recipe yet, under recipe ``name``: what :func:`load_config`
+    gives with ``recipe: NAME`` added. The settings its --config file and flags gave
+    (``config.settings_given``) win over the recipe; a config built directly has none on
+    record, so every value of it wins."""
+    given_names = config.settings_given if config.settings_given is not None else frozenset(FIELD_NAMES)
+    given = {k: getattr(config, k) for k in given_names if k != "recipe"}
+    values = config.to_dict()
+    values.update({k: v for k, v in _recipe_layer(name, given).items() if k not in given}, recipe=name)
+    settled = config_from_dict(values)
+    settled.settings_given = config.settings_given
+    return settled
+
+
+SMALL_DATA_MAX_IMAGES = 100_000
+"""Fewer training images than this make a data set small (:func:`recipe_for_data`)."""
+SMALL_DATA_MAX_SIDE = 64
+"""Images of fewer pixels than this on their longer side make a data set small."""
+SMALL_DATA_RECIPE = "small-data"
+
+
+def recipe_for_data(dataset: str, train_images: int, image_side: int | None, finetune: bool = False
+                    ) -> tuple[str, str]:
+    """The recipe of a run that names none, and why, as ``(name, reason)``.
+
+    The rule: ``small-data`` (deit/recipes/small-data.yaml: 28-64 px, thousands to tens of
+    thousands of images) for a data set that trains on fewer than
+    :data:`SMALL_DATA_MAX_IMAGES` images or whose images are smaller than
+    :data:`SMALL_DATA_MAX_SIDE` px on their longer side (``image_side``: the typical stored
+    image, None if unknown), which takes in every built-in one (digits: 1,437 images of
+    8 px; fashion-mnist, mnist: 60,000 of 28 px); ``paper`` otherwise: ImageNet-sized data,
+    what the paper's recipe was made for (300 epochs of 1.28 M images of 224 px, Table 9).
+    A run that starts from ``--finetune`` weights keeps ``paper``: the small-data values
+    were chosen by a sweep of students trained from scratch (benchmarks/small_data_sweep.md).
+    """
+    side = f"of {image_side} px" if image_side is not None else "of unknown size"
+    described = f"{dataset} trains on {train_images:,} images {side}"
+    if finetune:
+        return PAPER_RECIPE, f"the run starts from --finetune weights ({described}; the small-data values were " \
+                             "chosen for training from scratch)"
+    if train_images < SMALL_DATA_MAX_IMAGES:
+        return SMALL_DATA_RECIPE, f"{described}, fewer than {SMALL_DATA_MAX_IMAGES:,}"
+    if image_side is not None and image_side < SMALL_DATA_MAX_SIDE:
+        return SMALL_DATA_RECIPE, f"{described}, smaller than {SMALL_DATA_MAX_SIDE} px"
+    return PAPER_RECIPE, f"{described}: ImageNet-sized (at least {SMALL_DATA_MAX_IMAGES:,} images of at least " \
+                         f"{SMALL_DATA_MAX_SIDE} px)"
+
+
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----
 
 BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
@@ -296,7 +420,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kl_reduction": KL_REDUCTIONS,
     "bad_images": BAD_IMAGE_POLICIES,
     "amp_dtype": ("bfloat16", "float16"),
-    "recipe": available_recipes(),
+    "recipe": recipe_names(),
 }
 """Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""
 
@@ -351,6 +475,11 @@ HELP: dict[str, tuple[str, str]] = {
                                       "fill it ahead with deit cache-teacher. Refused if made with other settings"),
     "teacher_cache_topk": ("distillation", "soft distillation from a teacher cache: logits stored per view (the "
                                            "rest of the probability mass is spread evenly, as TinyViT)"),
+    "teacher_memo": ("distillation", "when the training views repeat (whole images, at most a flip: no random "
+                                     "crop, RandAugment, colour jitter, erasing, Mixup or CutMix), keep the "
+                                     "teacher's logits per distinct view in memory, so the teacher runs once per "
+                                     "view instead of once per step (deit.teacher_memo); the targets are the live "
+                                     "teacher's"),
     "dataset": ("data", "digits, fashion-mnist, mnist, or the path of an image folder holding train/ and val/ "
                         "with one sub-folder per class"),
     "data_dir": ("data", "folder with the four IDX files: required for mnist; for fashion-mnist none means "
@@ -360,11 +489,24 @@ HELP: dict[str, tuple[str, str]] = {
     "val_subset": ("data", "evaluate on N validation images spread evenly over the set (budgeted runs)"),
     "num_workers": ("data", "data-loader worker processes; 0 loads in the training process (best with 2 cores)"),
     "bad_images": ("data", "image folders: fail on an unreadable file, naming it, or skip it, counted in the log"),
-    "recipe": ("optimisation", "a recipe shipped with deit: settings for another regime than the paper's, applied "
-                               "under --config and these flags (`deit recipes` describes them: "
+    "recipe": ("optimisation", "paper (the paper's ImageNet recipe, Table 9: the defaults; also 'none') or a "
+                               "recipe shipped with deit, settings for another regime applied under --config and "
+                               "these flags (`deit recipes` describes them: "
                                f"{', '.join(available_recipes())}); without a teacher its distillation settings "
-                               "are dropped; none: the paper's ImageNet recipe (Table 9)"),
-    "epochs": ("optimisation", "training epochs (paper: 300, Table 9)"),
+                               "are dropped. Not given: chosen by the data and logged, small-data for fewer than "
+                               f"{SMALL_DATA_MAX_IMAGES:,} training images or images under {SMALL_DATA_MAX_SIDE} px "
+                               "(every built-in data set), else paper (a --finetune run: paper); config.yaml "
+                               "records the choice"),
+    "epochs": ("optimisation", "training epochs (paper: 300, Table 9); ignored when --budget-images or "
+                               "--budget-minutes sets the length"),
+    "budget_images": ("optimisation", "the run's length as training images seen (updates x effective batch, all "
+                                      "processes), instead of --epochs: round(N / effective batch) updates, the "
+                                      "last epoch cut short where they end, the cosine decay spanning exactly "
+                                      "them; config.yaml records it with the epochs it comes to"),
+    "budget_minutes": ("optimisation", "the run's length as minutes of training (evaluation comes on top): a "
+                                       "short timed calibration of the real training step on a copy of the "
+                                       "student turns it into --budget-images, which config.yaml records (a "
+                                       "resume or a rerun from it does not measure again)"),
     "batch_size": ("optimisation", "images per process and step; the effective batch is batch-size x "
                                    "accum-steps x processes (paper: 1024, Table 9)"),
     "accum_steps": ("optimisation", "steps whose gradients are summed per update, so the effective batch does "
@@ -376,6 +518,8 @@ HELP: dict[str, tuple[str, str]] = {
     "warmup_lr": ("optimisation", "learning rate at the start of the linear warm-up (official main.py: 1e-6)"),
     "warmup_epochs": ("optimisation", "epochs of linear warm-up before the cosine decay (paper: 5, Table 9); a "
                                       "run of no more epochs warms up for epochs - 1, with a notice"),
+    "warmup_fraction": ("optimisation", "linear warm-up as a share in [0, 1) of the run's updates, for any data "
+                                        "size or budget; wins over --warmup-epochs"),
     "weight_decay": ("optimisation", "AdamW weight decay, not applied to biases, norms, tokens and position "
                                      "embedding (paper: 0.05, Table 9)"),
     "clip_grad": ("optimisation", "maximum gradient norm; none: no clipping (paper: none, Table 9)"),
@@ -489,11 +633,14 @@ def _check_types(values: dict[str, Any], source: str) -> None:
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults < recipe < YAML file < overrides (e.g. command-line flags).
 
-    The recipe is the ``recipe`` setting of the file or the overrides (an override of
-    ``None`` turns off the file's). Its :data:`RECIPE_TEACHER_KEYS` count only if the run
-    has a teacher (``teacher_model`` from the file, the overrides or the recipe), and are
-    dropped otherwise. Every value set explicitly wins over the recipe, so the config.yaml
-    a run writes loads back to the same config."""
+    The recipe is the ``recipe`` setting of the file or the overrides; ``None`` written
+    there (``--recipe none``, ``recipe: null``) is :data:`PAPER_RECIPE`, no recipe, and
+    turns off the file's. Its :data:`RECIPE_TEACHER_KEYS` count only if the run has a
+    teacher (``teacher_model`` from the file, the overrides or the recipe), and are dropped
+    otherwise. Every value set explicitly wins over the recipe, so the config.yaml a run
+    writes loads back to the same config. With no recipe named anywhere the config keeps
+    ``recipe=None`` and the names of the settings given (``settings_given``): ``deit.train``
+    chooses the recipe from the data and applies it under them (:func:`apply_recipe`)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -507,12 +654,14 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
         data.update(loaded or {})
     data.update(overrides or {})
+    if "recipe" in data and data["recipe"] is None:  # --recipe none, recipe: null: no recipe, as it always meant
+        data["recipe"] = PAPER_RECIPE
+    given = frozenset(data)
     if data.get("recipe") is not None:
-        recipe = recipe_values(data["recipe"])
-        if not {**recipe, **data}.get("teacher_model"):
-            recipe = {k: v for k, v in recipe.items() if k not in RECIPE_TEACHER_KEYS}
-        data = {**recipe, **data}
-    return config_from_dict(data, source=str(path) if path else "config")
+        data = {**_recipe_layer(data["recipe"], data), **data}
+    config = config_from_dict(data, source=str(path) if path else "config")
+    config.settings_given = given
+    return config
 
 
 # --- command-line flags generated from the dataclass --------------------------------------

@@ -88,6 +88,8 @@ def train_one_epoch(
     clip_grad: float | None = None,
     progress: bool = False,
     teacher_cache=None,
+    max_updates: int | None = None,
+    after_update: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``. Returns ``(metrics, num_updates)``; ``train_images`` counts
     the samples that went through the model in this epoch, summed over processes
@@ -96,6 +98,11 @@ def train_one_epoch(
     Gradient accumulation: ``accum_steps`` micro-batches make one optimizer update (the
     effective batch is ``batch_size * accum_steps * world_size`` whatever fits in memory);
     trailing micro-batches that cannot fill a whole update are skipped.
+
+    ``max_updates`` ends the epoch after that many updates (the last epoch of a budgeted
+    run, :mod:`deit.budget`): the first ``max_updates * accum_steps`` micro-batches of the
+    epoch's order, the batches after them never loaded. ``after_update`` is called after
+    every update; True ends the epoch there (the timed calibration of :mod:`deit.budget`).
 
     Replayable batches (``(images, targets, keys)`` from a ``replay=True`` loader,
     :mod:`deit.data.replay`) draw their Mixup/CutMix from the batch's keys; with a
@@ -112,6 +119,8 @@ def train_one_epoch(
 
     model.train()
     steps = epoch_steps(loader, accum_steps)
+    if max_updates is not None:
+        steps = min(steps, max_updates * accum_steps)
     totals = [0.0, 0.0, 0.0]  # loss, base loss, distillation loss, each summed over images
     pending: list[torch.Tensor] = []  # this update's loss terms, (3,) per micro-batch, on the device
     batch_sizes: list[int] = []
@@ -119,9 +128,7 @@ def train_one_epoch(
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, mininterval=1.0,
                leave=False)
     optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
+    for step, batch in zip(range(steps), loader):  # range first: no batch is loaded past the last step
         images, targets, keys = batch if len(batch) == 3 else (*batch, None)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -172,6 +179,8 @@ def train_one_epoch(
         bar.update(len(values))
         bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                         img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+        if after_update is not None and after_update():
+            break
     bar.close()
     elapsed = time.perf_counter() - start
     stats = torch.tensor([*totals, float(seen)], dtype=torch.float64, device=device)

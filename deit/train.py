@@ -5,14 +5,17 @@ directory (``config.output``) receives ``config.yaml`` (resolved settings), ``la
 and ``best.pth`` (atomic, weights-only loadable), ``metrics.csv``, TensorBoard events,
 ``curves.png`` and ``summary.json``.
 
-The steps, in order: :func:`setup` (data, model, teacher, recipe), :func:`resume` (from
-``last.pth``), :func:`open_records`, then per epoch :func:`run_epoch` (train, evaluate) and
-:func:`save_epoch` (log row, checkpoints), and :func:`finish` (curves, summary); a
-:class:`Run` carries the state between them.
+The steps, in order: :func:`load_train_set` and :func:`settle_recipe` (a run that names
+no recipe gets the one its data call for), :func:`setup` (data, model, teacher, recipe,
+then :func:`plan_run`: the length, by epochs or a budget, and the schedule),
+:func:`resume` (from ``last.pth``), :func:`open_records`, then per epoch :func:`run_epoch`
+(train, evaluate) and :func:`save_epoch` (log row, checkpoints), and :func:`finish`
+(curves, summary); a :class:`Run` carries the state between them.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,9 +38,11 @@ from deit.checkpoint import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from deit.config import TrainConfig
+from deit.budget import Rate, SchedulePlan, budget_from_minutes, clamp_warmup_epochs, measure_training_rate, \
+    plan_schedule
+from deit.config import PAPER_RECIPE, TrainConfig, apply_recipe, recipe_for_data, recipe_names
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-from deit.data.datasets import dataset_fingerprint, stratified_indices
+from deit.data.datasets import dataset_fingerprint, stratified_indices, typical_image_side
 from deit.data.replay import ReplayMixup
 from deit import distributed
 from deit.engine import Amp, epoch_steps, evaluate, train_one_epoch
@@ -52,6 +57,7 @@ from deit.optim import build_optimizer, build_scheduler
 from deit.run_log import RunLog
 from deit.teacher import TIMM_PREFIX, load_teacher, resolve_teacher_name
 from deit.teacher_cache import TeacherCache, device_kind, module_fingerprint
+from deit.teacher_memo import TeacherMemo, views_repeat
 
 logger = logging.getLogger("deit")
 
@@ -147,17 +153,17 @@ def remove_unfinished_run(output: Path, created: Path) -> None:
             return
 
 
-def resolve_warmup_epochs(config: TrainConfig, log: bool = True) -> float:
+def resolve_warmup_epochs(config: TrainConfig, log: bool = True, epochs: int | None = None) -> float:
     """``warmup_epochs``, clamped to ``epochs - 1`` so the cosine decay keeps the last epoch
-    (``--epochs 1`` with the paper's 5 warm-up epochs trains at the full rate from the start;
-    a 1-epoch run keeps a warm-up of a fraction of an epoch); a clamp is logged."""
-    epochs = config.epochs
-    warmup = min(config.warmup_epochs, epochs - 1) if epochs >= 2 else \
-        (config.warmup_epochs if config.warmup_epochs < 1 else 0)
+    (:func:`deit.budget.clamp_warmup_epochs`); a clamp is logged. ``epochs``: the run's, when
+    a budget sets them (default ``config.epochs``)."""
+    run_epochs = config.epochs if epochs is None else epochs
+    warmup = clamp_warmup_epochs(config.warmup_epochs, run_epochs)
     if warmup != config.warmup_epochs and log:
-        logger.warning("--warmup-epochs %g (warmup_epochs) is not shorter than --epochs %d: warming up for %g "
-                       "epoch(s) instead, so the cosine decay keeps the last one", config.warmup_epochs,
-                       config.epochs, warmup)
+        length = f"--epochs {run_epochs}" if epochs is None else f"the run's {run_epochs} epoch(s)"
+        logger.warning("--warmup-epochs %g (warmup_epochs) is not shorter than %s: warming up for %g "
+                       "epoch(s) instead, so the cosine decay keeps the last one", config.warmup_epochs, length,
+                       warmup)
     return warmup
 
 
@@ -171,11 +177,47 @@ def check_resume_compatible(saved: dict[str, Any], config: TrainConfig) -> None:
                           "); start a new run with another --output instead")
 
 
-def build_data(config: TrainConfig, env: distributed.DistEnv):
-    """Datasets, loaders and the data settings that a checkpoint records for prediction."""
+def load_train_set(config: TrainConfig):
+    """The training split, decoded once: :func:`settle_recipe` looks at it, :func:`build_data`
+    gives it its transform."""
+    return load_dataset(config.dataset, "train", config.data_dir, bad_images=config.bad_images)
 
-    train_set = load_dataset(config.dataset, "train", config.data_dir,  # decoded once; transform set below
-                             bad_images=config.bad_images)
+
+def settle_recipe(config: TrainConfig, train_set, saved_config: dict[str, Any] | None = None,
+                  log: bool = True) -> TrainConfig:
+    """``config`` with its recipe chosen, if it names none (no --recipe, no ``recipe:`` in its
+    --config file): the recipe recorded by the run being resumed (``None`` there: a run from
+    before runs recorded it, which had the paper's), else the one the training set calls for
+    (:func:`deit.config.recipe_for_data`), applied under the settings given
+    (:func:`deit.config.apply_recipe`). Done once, before the config is resolved and saved;
+    one line says which recipe and why. A config built directly in Python, with no record
+    of the settings given, keeps its values: the defaults, the paper's recipe."""
+    if config.recipe is not None:
+        return config
+    if config.settings_given is None:
+        name, reason = PAPER_RECIPE, "a TrainConfig built directly keeps its defaults (load_config chooses by the data)"
+    elif saved_config is not None:
+        name = saved_config.get("recipe") or PAPER_RECIPE
+        reason = "recorded by the run being resumed" if saved_config.get("recipe") else \
+            "the run being resumed recorded none (recipe: null), so the paper's, as it trained with"
+    else:
+        images = len(train_set) if config.train_subset is None else min(config.train_subset, len(train_set))
+        name, reason = recipe_for_data(config.dataset, images, typical_image_side(train_set),
+                                       finetune=config.finetune is not None)
+    if log:
+        others = " or ".join(f"--recipe {n}" + (" (or none: the paper's ImageNet recipe, Table 9)"
+                                                if n == PAPER_RECIPE else "")
+                             for n in recipe_names() if n != name)
+        logger.info("no --recipe given: recipe %s, chosen because %s; choose another with %s (config.yaml records "
+                    "the choice)", name, reason, others)
+    return apply_recipe(config, name)
+
+
+def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
+    """Datasets, loaders and the data settings that a checkpoint records for prediction.
+    ``train_set``: the training split already loaded (:func:`load_train_set`)."""
+    if train_set is None:
+        train_set = load_train_set(config)  # decoded once; transform set below
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
     if image_size is None:  # ImageFolder: the size the variant is made for (timm's pretrained_cfg input_size)
@@ -240,7 +282,9 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) a training run; returns its final metrics."""
+    """Run (or resume) a training run; returns its final metrics. A ``config`` from
+    :func:`deit.config.load_config` that names no recipe gets the one its data call for
+    (:func:`settle_recipe`)."""
     config.validate()
     env = distributed.detect()
     device = resolve_device(config.device, env)
@@ -312,6 +356,7 @@ class Run:
     lr: float
     effective_batch: int
     updates_per_epoch: int
+    plan: SchedulePlan | None = None  # the length and schedule in updates (plan_run)
     start_time: float = field(default_factory=time.perf_counter)
     start_epoch: int = 0
     num_updates: int = 0
@@ -322,15 +367,19 @@ class Run:
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
     throughput: list[float] = field(default_factory=list)  # train images/s, per epoch
     teacher_cache: TeacherCache | None = None  # the distillation targets' store (--teacher-cache)
+    teacher_memo: TeacherMemo | None = None  # the teacher's logits per distinct view, when views repeat
 
 
 def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
     start_time = time.perf_counter()
     seed_everything(config.seed + env.rank)
     saved = load_training_checkpoint(output / "last.pth") if config.resume else None
+    saved_config = saved.get("config", {}) if saved is not None else None
+    train_set = load_train_set(config)
+    config = settle_recipe(config, train_set, saved_config, log=env.is_main)
     if saved is not None:
-        check_resume_compatible(saved.get("config", {}), config)
-    run = setup(config, env, device, output)
+        check_resume_compatible(saved_config, config)
+    run = setup(config, env, device, output, train_set=train_set, saved_config=saved_config)
     run.start_time = start_time  # the wall time includes loading the data and building the model
     if saved is not None:
         resume(run, saved)
@@ -339,8 +388,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
         # depends on the seed alone, not on what construction or first-time imports consumed.
         seed_everything(config.seed + env.rank + LOOP_SEED_OFFSET)
     open_records(run, resumed=saved is not None)
-    end_epoch = config.epochs if config.stop_after_epochs is None else \
-        min(config.epochs, run.start_epoch + config.stop_after_epochs)
+    epochs = run.plan.epochs
+    end_epoch = epochs if config.stop_after_epochs is None else min(epochs, run.start_epoch + config.stop_after_epochs)
     for epoch in range(run.start_epoch, end_epoch):
         metrics, improved = run_epoch(run, epoch)
         save_epoch(run, epoch, metrics, improved)
@@ -348,10 +397,12 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     return finish(run, epochs_run=end_epoch - run.start_epoch)
 
 
-def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> Run:
+def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path, train_set=None,
+          saved_config: dict[str, Any] | None = None) -> Run:
     """Data, model and teacher, then the recipe: AdamW at the paper's scaled learning rate
-    (Table 9), the cosine schedule, Mixup/CutMix, the distillation loss, AMP."""
-    train_loader, val_loader, classes, data_config = build_data(config, env)
+    (Table 9), Mixup/CutMix, the distillation loss, AMP; then :func:`plan_run`: the length
+    and the cosine schedule. ``saved_config``: the config of the run being resumed."""
+    train_loader, val_loader, classes, data_config = build_data(config, env, train_set=train_set)
     num_classes = config.num_classes or len(classes)
     if num_classes != len(classes):
         raise ConfigError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
@@ -362,7 +413,13 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     teacher_cache = build_teacher_cache(config, env, device, train_loader, teacher, num_classes, amp) \
         if distilling else None
-    if distilling and isinstance(model, DeiT) and teacher_cache is None:
+    teacher_memo = None
+    if distilling and teacher_cache is None and config.teacher_memo and views_repeat(config.to_dict()):
+        teacher_memo = TeacherMemo(teacher, num_classes)  # deit.teacher_memo: once per distinct view
+        if env.is_main:
+            logger.info("the training views repeat (whole images, at most a flip): the teacher runs once per "
+                        "distinct view and its logits are kept in memory (--no-teacher-memo runs it every step)")
+    if distilling and isinstance(model, DeiT) and teacher_cache is None and teacher_memo is None:
         model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
     # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
     # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it
@@ -376,20 +433,12 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=config.model_ema_decay, use_warmup=True)
-    net: nn.Module = model
-    if env.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)  # the teacher runs eagerly inside (inference mode, not a submodule)
+    net = wrap_student(model, config, env, device)
 
     effective_batch = config.batch_size * config.accum_steps * env.world_size
     lr = config.lr * effective_batch / 512  # the paper's rule, Table 9: 0.0005 x batchsize / 512
     optimizer = build_optimizer(model, lr, config.weight_decay)
     updates_per_epoch = len(train_loader) // config.accum_steps
-    warmup_epochs = resolve_warmup_epochs(config, log=env.is_main)
-    scheduler = build_scheduler(optimizer, total_steps=config.epochs * updates_per_epoch,
-                                warmup_steps=round(warmup_epochs * updates_per_epoch), min_lr=config.min_lr,
-                                warmup_lr=config.warmup_lr)
     mixup_fn = build_mixup(config, num_classes)
     criterion = DistillationLoss(
         build_base_criterion(mixup_active=mixup_fn is not None, smoothing=config.smoothing),
@@ -399,14 +448,92 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     scaler = torch.amp.GradScaler("cuda") if config.amp and config.amp_dtype == "float16" and device.type == "cuda" \
         else None
 
-    resolved = config.to_dict()
-    resolved.update(num_classes=num_classes, image_size=data_config["image_size"],
-                    in_channels=data_config["in_channels"], warmup_epochs=warmup_epochs)
-    return Run(config=config, env=env, device=device, output=output, train_loader=train_loader,
-               val_loader=val_loader, classes=classes, data_config=data_config, model=model, net=net,
-               teacher=teacher, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-               criterion=criterion, mixup_fn=mixup_fn, amp=amp, resolved=resolved, lr=lr,
-               effective_batch=effective_batch, updates_per_epoch=updates_per_epoch, teacher_cache=teacher_cache)
+    run = Run(config=config, env=env, device=device, output=output, train_loader=train_loader,
+              val_loader=val_loader, classes=classes, data_config=data_config, model=model, net=net,
+              teacher=teacher, ema=ema, optimizer=optimizer, scheduler=None, scaler=scaler, criterion=criterion,
+              mixup_fn=mixup_fn, amp=amp, resolved={}, lr=lr, effective_batch=effective_batch,
+              updates_per_epoch=updates_per_epoch, teacher_cache=teacher_cache, teacher_memo=teacher_memo)
+    plan_run(run, saved_config)
+    return run
+
+
+def wrap_student(model: nn.Module, config: TrainConfig, env: distributed.DistEnv, device: torch.device) -> nn.Module:
+    """What trains: ``model`` in DDP under torchrun, compiled with ``--compile``."""
+    net: nn.Module = model
+    if env.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)  # the teacher runs eagerly inside (inference mode, not a submodule)
+    return net
+
+
+def plan_run(run: Run, saved_config: dict[str, Any] | None = None) -> None:
+    """The run's length and schedule: ``budget_minutes`` turned into ``budget_images``
+    (:func:`resolve_budget`), the plan in updates (:func:`deit.budget.plan_schedule`), the
+    cosine schedule over exactly its updates, and the resolved settings for config.yaml:
+    the epochs the plan takes, the budget in images, the warm-up it resolved to."""
+    config, env = run.config, run.env
+    epochs_given = config.epochs if "epochs" in (config.settings_given or ()) else None
+    config, rate = resolve_budget(run, saved_config)
+    samples = len(run.train_loader.sampler) * env.world_size  # one epoch, all processes
+    plan = plan_schedule(samples, run.effective_batch, budget_images=config.budget_images, epochs=config.epochs,
+                         warmup_epochs=config.warmup_epochs, warmup_fraction=config.warmup_fraction)
+    if config.warmup_fraction is None:
+        resolve_warmup_epochs(config, log=env.is_main, epochs=plan.epochs if plan.budget_images is not None else None)
+    if env.is_main and plan.budget_images is not None:
+        log_budget(run, config, plan, rate, epochs_given)
+    run.config = dataclasses.replace(config, epochs=plan.epochs)
+    run.plan = plan
+    run.scheduler = build_scheduler(run.optimizer, total_steps=plan.total_updates, warmup_steps=plan.warmup_updates,
+                                    min_lr=config.min_lr, warmup_lr=config.warmup_lr)
+    run.resolved = run.config.to_dict()
+    run.resolved.update(num_classes=len(run.classes), image_size=run.data_config["image_size"],
+                        in_channels=run.data_config["in_channels"], warmup_epochs=plan.warmup_epochs)
+
+
+BUDGET_NOTES = ("budget_minutes", "measured_images_per_s", "measured_updates")
+"""What a ``--budget-minutes`` run records in ``extra``: the minutes asked for and the rate measured."""
+
+
+def resolve_budget(run: Run, saved_config: dict[str, Any] | None) -> tuple[TrainConfig, Rate | None]:
+    """``run.config`` with ``budget_minutes`` turned into ``budget_images``, and the rate
+    measured (None if none was). The images recorded by the run being resumed are taken as
+    they are; otherwise the run's own training step is timed
+    (:func:`deit.budget.measure_training_rate`). ``budget_minutes`` is then cleared and the
+    minutes and the rate go to ``extra``, so config.yaml reruns the same number of updates."""
+    config = run.config
+    if config.budget_minutes is None:
+        return config, None
+    recorded = (saved_config or {}).get("budget_images")
+    if recorded is not None:
+        notes = {k: v for k, v in (saved_config.get("extra") or {}).items() if k in BUDGET_NOTES}
+        if run.env.is_main:
+            logger.info("--budget-minutes %g: resuming with budget_images %d, recorded by the run being resumed "
+                        "(measured %s training images/s then); not measured again", config.budget_minutes,
+                        recorded, notes.get("measured_images_per_s", "?"))
+        return dataclasses.replace(config, budget_images=int(recorded), budget_minutes=None,
+                                   extra={**config.extra, **notes}), None
+    rate = measure_training_rate(run, wrap=lambda student: wrap_student(student, config, run.env, run.device))
+    notes = {"budget_minutes": config.budget_minutes, "measured_images_per_s": round(rate.images_per_s, 1),
+             "measured_updates": rate.updates}
+    return dataclasses.replace(config, budget_images=budget_from_minutes(config.budget_minutes, rate),
+                               budget_minutes=None, extra={**config.extra, **notes}), rate
+
+
+def log_budget(run: Run, config: TrainConfig, plan: SchedulePlan, rate: Rate | None, epochs_given: int | None) -> None:
+    """One line on what the budget came to (and one if it overrides a --epochs given)."""
+    per_epoch = plan.updates_per_epoch * run.effective_batch
+    shape = f"{plan.epochs} epoch(s) of {per_epoch}, {plan.total_updates} updates" + (
+        f", the last epoch {plan.last_epoch_updates} of {plan.updates_per_epoch}"
+        if plan.last_epoch_updates != plan.updates_per_epoch else "")
+    if rate is not None:
+        logger.info("--budget-minutes %g: measured %.0f training images/s over %d steps -> budget_images %d (%s); "
+                    "recorded in config.yaml; training time only: evaluation comes on top", config.extra[
+                        "budget_minutes"], rate.images_per_s, rate.updates, plan.budget_images, shape)
+    else:
+        logger.info("budget_images %d: %s", plan.budget_images, shape)
+    if epochs_given is not None and epochs_given != plan.epochs:
+        logger.info("--epochs %d (epochs) is ignored: the budget sets the run's length", epochs_given)
 
 
 def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, Any]) -> nn.Module | None:
@@ -541,16 +668,18 @@ def open_records(run: Run, resumed: bool) -> None:
         write_text_atomic(run.output / "config.yaml", yaml.safe_dump(run.resolved, sort_keys=False))
     run.run_log = RunLog(run.output, enabled=env.is_main, resume_after_epoch=run.start_epoch - 1 if resumed else None)
     if env.is_main:
-        logger.info("training %s on %s: %d epochs x %d updates of %d images, output %s", config.model,
-                    config.dataset, config.epochs, run.updates_per_epoch, run.effective_batch, run.output)
+        logger.info("training %s on %s: %d epochs x %d updates of %d images (%d updates in all, %d of warm-up), "
+                    "output %s", config.model, config.dataset, config.epochs, run.updates_per_epoch,
+                    run.effective_batch, run.plan.total_updates, run.plan.warmup_updates, run.output)
         logger.info("learning rate %.4g = --lr %.4g x effective batch %d (--batch-size %d x --accum-steps %d x %d "
                     "process(es)) / 512, the paper's scaling rule", run.lr, config.lr, run.effective_batch,
                     config.batch_size, config.accum_steps, env.world_size)
 
 
 def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
-    """Train one epoch, then evaluate when due (every ``eval_interval`` epochs and the last
-    one). Returns the epoch's metrics and whether validation top-1 improved on the best.
+    """Train one epoch (the last one of a budget as far as its updates go), then evaluate
+    when due (every ``eval_interval`` epochs and the last one). Returns the epoch's metrics
+    and whether validation top-1 improved on the best.
 
     Two columns run over the whole run, across resumes: ``images_seen`` (training samples
     so far) and ``elapsed_s`` (wall time at the end of this epoch's evaluation), the x axes
@@ -562,7 +691,8 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
         run.net, run.criterion, run.train_loader, run.optimizer, device=run.device, epoch=epoch,
         num_updates=run.num_updates, scheduler=run.scheduler, mixup_fn=run.mixup_fn, ema=run.ema, amp=run.amp,
         scaler=run.scaler, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
-        progress=config.progress and run.env.is_main, teacher_cache=run.teacher_cache)
+        progress=config.progress and run.env.is_main, teacher_cache=run.teacher_cache or run.teacher_memo,
+        max_updates=run.plan.updates_in_epoch(epoch))
     run.throughput.append(train_metrics["train_images_per_s"])
     run.images_seen += train_metrics["train_images"]
     metrics = dict(train_metrics)
@@ -628,6 +758,8 @@ def finish(run: Run, epochs_run: int) -> TrainResult:
                    "train_images_per_s": result.train_images_per_s}
         if cache_stats is not None:
             summary["teacher_cache"] = cache_stats
+        if run.teacher_memo is not None:
+            summary["teacher_memo"] = run.teacher_memo.stats()  # this process's (each keeps its own)
         write_text_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return result
 

@@ -26,13 +26,13 @@ def _fashion_available() -> bool:
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_demo_pipeline_on_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     # 256 training and 512 test images a run: every stage, seconds instead of a minute
-    tiny = demo.Schedule("tiny (test)", 256, 1, 1, dict(recipe=demo.RECIPE, warmup_epochs=0, val_subset=512))
+    tiny = demo.Schedule("tiny (test)", 256, 256, 256, dict(recipe=demo.RECIPE, val_subset=512))
     monkeypatch.setattr(demo, "QUICK", tiny)
     results = demo.run_demo(output=tmp_path, progress=False)
     out = capsys.readouterr().out
     assert set(results) == {"teacher", "distilled", "control"}
     for line in (f"teacher {demo.TEACHER}", f"DeiT (no distillation) {demo.CONTROL}",
-                 f"DeiT⚗ (hard distillation) {demo.STUDENT}", "tiny (test) schedule"):
+                 f"DeiT⚗ ({demo.distillation_label()}) {demo.STUDENT}", "tiny (test) schedule"):
         assert line in out
     distilled = results["distilled"].final
     assert distilled["train_distillation_loss"] > 0 and results["control"].final["train_distillation_loss"] == 0

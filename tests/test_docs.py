@@ -141,7 +141,7 @@ def run_command(command: str, cwd: Path, monkeypatch) -> None:
         if words[1:2] == ["demo"] and "--smoke" not in words:
             from deit import demo
 
-            tiny = demo.Schedule("tiny (docs test)", 256, 1, 1, dict(recipe=demo.RECIPE, warmup_epochs=0, val_subset=256))
+            tiny = demo.Schedule("tiny (docs test)", 256, 256, 256, dict(recipe=demo.RECIPE, val_subset=256))
             monkeypatch.setattr(demo, "QUICK", tiny)
             words += ["--output", "runs/demo", "--no-progress"]
         code = main(_deit_argv(words))

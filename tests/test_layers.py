@@ -31,10 +31,10 @@ LAYERS: dict[str, int] = {
     "deit.factory": 4, "deit.teacher": 4, "deit.flops": 4,
     # data, training, inference, export
     "deit.data": 5, "deit.data.decode": 5, "deit.data.datasets": 5, "deit.data.loader": 5,
-    "deit.data.samplers": 5, "deit.data.transforms": 5, "deit.data.replay": 5, "deit.teacher_cache": 5,
+    "deit.data.samplers": 5, "deit.data.transforms": 5, "deit.data.replay": 5, "deit.teacher_cache": 5, "deit.teacher_memo": 5,
     "deit.cache_teacher": 5, "deit.quantize": 5, "deit.losses": 5, "deit.optim": 5,
     "deit.distributed": 5, "deit.runtime": 5, "deit.config": 5, "deit.run_log": 5, "deit.engine": 5,
-    "deit.train": 5, "deit.preprocessing": 5, "deit.inference": 5, "deit.export": 5, "deit.onnx_predict": 5,
+    "deit.train": 5, "deit.budget": 5, "deit.preprocessing": 5, "deit.inference": 5, "deit.export": 5, "deit.onnx_predict": 5,
     "deit.visualize": 5, "deit.demo": 5,
     # the command line
     "deit.cli": 6, "deit.__main__": 6,

@@ -39,10 +39,19 @@ def test_every_recipe_line_cites_a_sweep_row_that_exists():
     rows = {name for stage in sweep.STAGES.values() for name, _ in stage.rows}
     text = (ROOT / "deit" / "recipes" / "small-data.yaml").read_text()
     cited = re.findall(r"benchmarks/small_data_sweep\.md: ([^(\n]+?)\s*(?:\(|$)", text, flags=re.M)
-    assert cited, "the recipe cites no sweep row"
+    search = _script("student_search")
+    searched = re.findall(r"benchmarks/student_search\.md: stage (\w+)(?:, row ([^(\n]+?))?\s*(?:\(|$)", text, flags=re.M)
+    assert cited and searched, "the recipe cites no sweep row or search stage"
     for row in cited:
         assert row in rows, f"the recipe cites row {row!r}, which the sweep does not have"
-    assert set(recipe_values("small-data")) >= {"lr", "batch_size", "warmup_epochs", "distillation_alpha"}
+    for stage, row in searched:
+        assert stage in search.STAGES, f"the recipe cites stage {stage!r}, which the student search does not have"
+        assert not row or row in {r.name for r in search.STAGES[stage].rows}, (stage, row)
+    cited_lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all("benchmarks/" in line or "official" in line for line in cited_lines), \
+        "every value cites the row that chose it (or the official code it keeps)"
+    assert set(recipe_values("small-data")) >= {"lr", "batch_size", "budget_images", "warmup_fraction",
+                                                "distillation_alpha"}
 
 
 def test_sweep_table_marks_rows_not_run_and_deltas_against_base():
@@ -85,3 +94,26 @@ def test_carry_over_verdict_is_the_results_page_rule():
 class _Args:
     seed = 0
     val_subset = None
+
+
+def test_every_student_search_row_is_a_valid_config_of_its_student():
+    search = _script("student_search")
+    for stage in search.STAGES.values():
+        for row in stage.rows:
+            config = load_config(None, search.row_settings(stage, row, Path("teacher.pth"), seed=1))
+            assert config.model == search.STUDENTS[row.student][int(row.teacher)]
+            assert (config.teacher_model is not None) == row.teacher and config.seed == 1
+            assert config.distillation_type == (row.change.get("distillation_type", "hard") if row.teacher else "none")
+            for key, value in {**stage.base, **row.change}.items():
+                assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), (row.name, key)
+
+
+def test_student_search_page_gives_seed_spreads_and_marks_rows_not_run():
+    search = _script("student_search")
+    runs = {f"hard seed {s}": {"row": "hard", "seed": s, "top1": top1, "cls": top1 - 1, "dist": top1 + 1,
+                               "images_seen": 239616, "wall_s": 200.0, "train_images_per_s": 1400.0}
+            for s, top1 in ((0, 89.0), (1, 90.0), (2, 91.0))}
+    page = search.page({"distill": runs})
+    hard = next(line for line in page.splitlines() if line.startswith("| hard |"))
+    assert "| 0, 1, 2 | 90.00 ± 1.00 | 89.00 ± 1.00 / 91.00 ± 1.00 | 239,616 |" in hard
+    assert "| control | `deit_pico_convstem_patch8_28` |  | not run yet |" in page

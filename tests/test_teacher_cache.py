@@ -102,7 +102,8 @@ def test_hard_distillation_from_the_cache_trains_exactly_as_from_the_live_teache
 
     live = train(_config(tmp_path, teacher_file, "live"))
     cache = tmp_path / "cache"
-    flags = ["--dataset", "digits", "--model", RECIPE["model"], "--image-size", "16", "--teacher-model",
+    flags = ["--recipe", "paper",  # the paper's defaults, as RECIPE's TrainConfig (deit train would choose small-data)
+             "--dataset", "digits", "--model", RECIPE["model"], "--image-size", "16", "--teacher-model",
              "resnet8_32", "--teacher-checkpoint", str(teacher_file), "--distillation-type", "hard", "--epochs", "2",
              "--batch-size", "32", "--train-subset", "192", "--teacher-cache", str(cache)]
     assert main(["cache-teacher", *flags]) == 0  # the teacher alone, ahead of training
@@ -270,8 +271,8 @@ def test_teacher_cache_needs_distillation():
 @pytest.mark.slow
 def test_torchrun_two_processes_fill_and_read_their_shares(tmp_path, teacher_file):
     cache = tmp_path / "cache"
-    flags = ["--dataset", "digits", "--model", "deit_pico_distilled_patch4_32", "--image-size", "16",
-             "--teacher-model", "resnet8_32", "--teacher-checkpoint", str(teacher_file), "--distillation-type",
+    flags = ["--recipe", "paper", "--dataset", "digits", "--model", "deit_pico_distilled_patch4_32", "--image-size",
+             "16", "--teacher-model", "resnet8_32", "--teacher-checkpoint", str(teacher_file), "--distillation-type",
              "hard", "--epochs", "1", "--batch-size", "16", "--train-subset", "128", "--no-model-ema",
              "--no-progress", "--teacher-cache", str(cache)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -44,6 +44,7 @@ __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
     "dataset_fingerprint", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
+    "typical_image_side",
 ]
 
 logger = logging.getLogger(__name__)
@@ -447,6 +448,30 @@ def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
+def typical_image_side(dataset: Dataset, probe: int = FolderDataset.PROBE_FILES) -> int | None:
+    """The longer side in pixels of ``dataset``'s stored images: the array's side for an
+    in-memory set; for an image folder the median over the headers of up to ``probe``
+    files spread evenly over the sorted file list (so over the classes), as
+    :meth:`FolderDataset._probe_channels` reads them. ``None`` if no file can be read."""
+    while hasattr(dataset, "dataset"):  # through a Subset and the replay wrapper
+        dataset = dataset.dataset
+    if getattr(dataset, "native_size", None) is not None:
+        return int(dataset.native_size)
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return None
+    count = min(len(samples), probe)
+    positions = sorted(set(np.linspace(0, len(samples) - 1, count).round().astype(int).tolist()))
+    sides = []
+    for i in positions:
+        try:
+            with Image.open(samples[i][0]) as image:  # the header only
+                sides.append(max(image.size))
+        except Exception:  # any unreadable header (Pillow raises many kinds): --bad-images decides in training
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> DatasetInfo:
