@@ -88,6 +88,11 @@ STAGES: dict[str, Stage] = {
          Row("crops hard", "pico-stem8", True, dict(scale=[0.5, 1.0])),
          Row("crops soft tau 3 alpha 0.9", "pico-stem8", True,
              dict(scale=[0.5, 1.0], distillation_type="soft", distillation_tau=3.0, distillation_alpha=0.9))]),
+    "demo": Stage(
+        "the pair of `deit demo`, over seeds: the shipped recipe as it is (its budget of 240,000 images, its "
+        "distillation), the control without a teacher; one teacher (seed 0) for every seed",
+        {},
+        [Row("control", "pico-stem8", False), Row("DeiT⚗ (recipe)", "pico-stem8", True)]),
 }
 
 

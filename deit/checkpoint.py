@@ -316,9 +316,13 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *
             grid = model.patch_embed.grid_size
             sd[key] = resample_pos_embed(value, grid, prefix, old_prefix, target_prefix=target[key])
             notes.append(f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} (bicubic, prefix rows kept)")
+        elif key == "patch_embed.proj.weight" and getattr(model.patch_embed, "technique", "") == "conv_stem":
+            raise CheckpointError(f"patch_embed.proj.weight {tuple(value.shape)} is a patch embedding, but the model "
+                                  f"makes its tokens with a convolutional stem (proj {tuple(want)}): load the file "
+                                  "into a model with patchify_technique 'convolutional' or 'linear'")
         elif key == "patch_embed.proj.weight":
             sd[key] = adapt_patch_weight(value, target[key], model.patch_embed.patch_size, notes)
-        elif key in ("stem.0.weight", "conv1.weight"):  # ConvNeXt's / ResNet's first convolution
+        elif key in ("stem.0.weight", "conv1.weight", "patch_embed.stem.0.conv.weight"):  # the first convolution
             sd[key] = adapt_patch_weight(value, target[key], target[key].shape[-1], notes)
         elif value.numel() == target[key].numel() and re.search(r"mlp\.fc[12]\.weight$", key):
             sd[key] = value.reshape(want)  # 1x1 conv (O, I, 1, 1) <-> linear (O, I)

@@ -94,7 +94,9 @@ class Architecture:
             heads = self.heads if self.heads is not None else "unknown"
             parts = [("DeiT (distillation token)" if self.distilled else "ViT") + f" width={self.width}",
                      f"depth={self.depth}", f"heads={heads}", f"patch={self.patch_size}",
-                     f"grid={self.grid}x{self.grid} (image {self.image_size})", f"mlp={self.mlp_width}"]
+                     f"grid={self.grid}x{self.grid} (image {self.image_size}"
+                     + (" or a few px less: a convolutional stem keeps the border)" if self.patchify_technique
+                        == "conv_stem" else ")"), f"mlp={self.mlp_width}"]
         parts += [f"in_channels={self.in_channels}", f"num_classes={self.num_classes}"]
         return ", ".join(parts)
 
@@ -243,6 +245,10 @@ def _overrides(arch: Architecture, base: Architecture) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field_name, arg in _ARGS[arch.family].items():
         want, have = getattr(arch, field_name), getattr(base, field_name)
+        if field_name == "image_size" and arch.patchify_technique == "conv_stem":
+            # a stem keeps the border: 28, 30 and 32 px all give a 4x4 grid at patch 8, so the
+            # shapes give the grid, not the size; the registered size stands when the grids agree
+            want, have = (None, None) if arch.grid == base.grid else (want, have)
         if want is not None and want != have:
             out[arg] = list(want) if isinstance(want, tuple) else want
     if arch.layer_scale != base.layer_scale:
@@ -278,7 +284,9 @@ def match_registered(arch: Architecture) -> tuple[str, dict[str, Any], list[str]
     registered = registered_architectures()
     candidates = [name for name, reg in registered.items() if _same_core(arch, reg)]
     if len(candidates) > 1 and arch.image_size is not None:
-        same_size = [n for n in candidates if registered[n].image_size == arch.image_size]
+        same_size = [n for n in candidates if registered[n].grid == arch.grid] \
+            if arch.patchify_technique == "conv_stem" else \
+            [n for n in candidates if registered[n].image_size == arch.image_size]
         candidates = same_size or candidates
     if len(candidates) > 1:
         raise CheckpointError(f"the weights fit several registered models: {', '.join(candidates)} (inferred: "

@@ -349,7 +349,11 @@ def describe_recipe(name: str) -> str:
 
 LENGTH_KEYS = ("epochs", "budget_images", "budget_minutes")
 """The settings that state a run's length: one of them given in a --config file or a flag
-replaces the recipe's length (``--epochs 30`` under a recipe with ``budget_images``)."""
+replaces the recipe's length (``--epochs 30`` under a recipe with ``budget_images``) and the
+warm-up share that goes with it (``warmup_fraction``: the recipe's ``warmup_epochs`` then
+applies, as for a run counted in epochs)."""
+WARMUP_KEYS = ("warmup_epochs", "warmup_fraction")
+"""The settings that state a warm-up: one of them given replaces both of the recipe's."""
 
 
 def _recipe_layer(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,7 +363,9 @@ def _recipe_layer(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     if not {**recipe, **given}.get("teacher_model"):
         recipe = {k: v for k, v in recipe.items() if k not in RECIPE_TEACHER_KEYS}
     if any(given.get(key) is not None for key in LENGTH_KEYS):  # a length stated above the recipe replaces its own
-        recipe = {k: v for k, v in recipe.items() if k not in LENGTH_KEYS}
+        recipe = {k: v for k, v in recipe.items() if k not in LENGTH_KEYS and k != "warmup_fraction"}
+    if any(given.get(key) is not None for key in WARMUP_KEYS):  # so does a warm-up: the flag wins, as every flag
+        recipe = {k: v for k, v in recipe.items() if k not in WARMUP_KEYS}
     return recipe
 
 

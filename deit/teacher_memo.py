@@ -12,8 +12,9 @@ whose views are all known costs no teacher forward at all.
 It serves the engine through the same call as the disk cache of :mod:`deit.teacher_cache`,
 ``targets(images, keys)``, and returns the teacher's logits themselves, so the loss is the
 one the live teacher gives (each view's logits are the ones computed in the batch that first
-held it). Memory is ``distinct views x classes x 4`` bytes (Fashion-MNIST: 120,000 views x
-10 classes = 4.8 MB); past ``max_bytes`` new views are computed live and not stored.
+held it). Memory is ``distinct views x (classes x 4 + ENTRY_OVERHEAD_BYTES)`` bytes of host
+memory per process (Fashion-MNIST: 120,000 views x 160 bytes = 19 MB); past ``max_bytes``
+new views are computed live and not stored.
 """
 from __future__ import annotations
 
@@ -45,43 +46,76 @@ def view_digests(images: torch.Tensor) -> list[bytes]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
 
 
+ENTRY_OVERHEAD_BYTES = 120
+"""Host memory of one view's index entry besides its logits: the 16-byte digest as a Python
+``bytes`` (49 bytes), its dict slot and the row number (measured with ``sys.getsizeof``)."""
+
+
 @dataclass
 class TeacherMemo:
-    """The frozen ``teacher``'s logits (B, K) per distinct view (see the module docstring)."""
+    """The frozen ``teacher``'s logits (B, K) per distinct view (see the module docstring).
+
+    The logits live in one growing (N, K) float32 table, indexed by digest; a view costs
+    ``K * 4 + ENTRY_OVERHEAD_BYTES`` bytes of host memory, counted against ``max_bytes``."""
 
     teacher: nn.Module
     num_classes: int
     max_bytes: int = DEFAULT_MAX_BYTES
     hits: int = 0
     misses: int = 0
-    _rows: dict[bytes, torch.Tensor] = field(default_factory=dict, repr=False)
+    _index: dict[bytes, int] = field(default_factory=dict, repr=False)
+    _table: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
+
+    @property
+    def bytes_per_view(self) -> int:
+        return self.num_classes * 4 + ENTRY_OVERHEAD_BYTES
 
     @property
     def stored_bytes(self) -> int:
-        return len(self._rows) * self.num_classes * 4
+        return len(self._index) * self.bytes_per_view
+
+    def _store(self, digests: list[bytes], logits: torch.Tensor) -> None:
+        """Append the rows of ``logits`` (U, K) under ``digests``, as many as ``max_bytes`` allows."""
+        room = max(0, (self.max_bytes - self.stored_bytes) // self.bytes_per_view)
+        digests, logits = digests[:room], logits[:room]
+        if not digests:
+            return
+        count = len(self._index)
+        if count + len(digests) > self._table.shape[0]:  # grow by doubling: amortised O(1) per view
+            capacity = max(2 * self._table.shape[0], count + len(digests), 1024)
+            table = torch.empty(capacity, self.num_classes, dtype=torch.float32)
+            if count:
+                table[:count] = self._table[:count]
+            self._table = table
+        self._table[count:count + len(digests)] = logits
+        self._index.update((d, count + i) for i, d in enumerate(digests))
 
     def targets(self, images: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's logits (B, K) for the views ``images`` (B, C, H, W), on their device;
         the teacher runs once, on the views not seen before (``keys`` is not needed: the
         pixels are the key)."""
         digests = view_digests(images)
-        unseen = [i for i, d in enumerate(digests) if d not in self._rows]
-        fresh: dict[bytes, torch.Tensor] = {}
+        unseen = [i for i, d in enumerate(digests) if d not in self._index]
+        out = torch.empty(len(digests), self.num_classes, dtype=torch.float32)  # (B, K)
         if unseen:
             index = torch.tensor(unseen, device=images.device)
             logits = teacher_logits(self.teacher, images.index_select(0, index), self.num_classes)  # (U, K)
-            for i, row in zip(unseen, logits.float().cpu()):
-                fresh[digests[i]] = row
-            room = max(0, (self.max_bytes - self.stored_bytes) // (self.num_classes * 4))
-            for digest in list(fresh)[:room]:
-                self._rows[digest] = fresh[digest]
+            logits = logits.float().cpu()
+            out[unseen] = logits
+            first: dict[bytes, int] = {}  # a view twice in one batch is stored once
+            for row, i in enumerate(unseen):
+                first.setdefault(digests[i], row)
+            self._store(list(first), logits[list(first.values())])
+        missed = set(unseen)
+        known = [i for i, d in enumerate(digests) if i not in missed]  # seen in an earlier batch
+        if known:
+            out[known] = self._table[[self._index[digests[i]] for i in known]]
         self.misses += len(unseen)
-        self.hits += len(digests) - len(unseen)
-        out = torch.stack([fresh.get(d, self._rows.get(d)) for d in digests])  # (B, K)
+        self.hits += len(known)
         return out.to(images.device)
 
     def stats(self) -> dict[str, Any]:
         """Views served from memory and views the teacher ran on, for ``summary.json``."""
         total = self.hits + self.misses
-        return {"hits": self.hits, "misses": self.misses, "distinct_views": len(self._rows),
+        return {"hits": self.hits, "misses": self.misses, "distinct_views": len(self._index),
                 "teacher_forwards_saved": round(self.hits / total, 4) if total else 0.0}

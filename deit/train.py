@@ -474,6 +474,8 @@ def plan_run(run: Run, saved_config: dict[str, Any] | None = None) -> None:
     the epochs the plan takes, the budget in images, the warm-up it resolved to."""
     config, env = run.config, run.env
     epochs_given = config.epochs if "epochs" in (config.settings_given or ()) else None
+    if saved_config is not None:
+        config = keep_recorded_length(config, saved_config)
     config, rate = resolve_budget(run, saved_config)
     samples = len(run.train_loader.sampler) * env.world_size  # one epoch, all processes
     plan = plan_schedule(samples, run.effective_batch, budget_images=config.budget_images, epochs=config.epochs,
@@ -487,8 +489,33 @@ def plan_run(run: Run, saved_config: dict[str, Any] | None = None) -> None:
     run.scheduler = build_scheduler(run.optimizer, total_steps=plan.total_updates, warmup_steps=plan.warmup_updates,
                                     min_lr=config.min_lr, warmup_lr=config.warmup_lr)
     run.resolved = run.config.to_dict()
+    warmup_epochs = plan.warmup_epochs if config.warmup_fraction is None else \
+        round(plan.warmup_updates / plan.updates_per_epoch, 4)  # the warm-up that ran, in epochs
     run.resolved.update(num_classes=len(run.classes), image_size=run.data_config["image_size"],
-                        in_channels=run.data_config["in_channels"], warmup_epochs=plan.warmup_epochs)
+                        in_channels=run.data_config["in_channels"], warmup_epochs=warmup_epochs)
+
+
+def keep_recorded_length(config: TrainConfig, saved_config: dict[str, Any]) -> TrainConfig:
+    """A resumed run's length and warm-up as it recorded them, unless the flags state them
+    again: the schedule restored from ``last.pth`` spans the recorded updates, so another
+    length (a recipe whose budget changed, a different ``--budget-images``) would stop the
+    run mid-cosine or past its end. A length or warm-up given again must equal the record."""
+    given = set(config.settings_given or ())
+    recorded = {key: saved_config.get(key) for key in ("epochs", "budget_images", "warmup_fraction",
+                                                          "warmup_epochs") if key in saved_config}
+    if not recorded:
+        return config
+    changes = {key: value for key, value in recorded.items() if key not in given}
+    if config.budget_minutes is not None and "budget_minutes" in given:
+        changes.pop("budget_images", None)  # resolve_budget takes the recorded images or refuses new minutes
+    stated = {key: getattr(config, key) for key in recorded if key in given and key != "warmup_epochs"}
+    differing = {key: (value, recorded[key]) for key, value in stated.items()
+                 if value != recorded[key] and not (key == "epochs" and recorded.get("budget_images"))}
+    if differing:
+        shown = "; ".join(f"--{k.replace('_', '-')} {v!r}, recorded {r!r}" for k, (v, r) in differing.items())
+        raise ConfigError(f"--resume continues the schedule the run recorded (config.yaml); {shown}. Resume with the "
+                          "recorded length, or start a new run in another --output")
+    return dataclasses.replace(config, **changes)
 
 
 BUDGET_NOTES = ("budget_minutes", "measured_images_per_s", "measured_updates")

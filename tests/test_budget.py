@@ -9,6 +9,7 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -310,3 +311,21 @@ def test_teacher_cache_with_a_partial_last_epoch(tmp_path):
     _run(tmp_path / "third", **settings)
     third = json.loads((tmp_path / "third" / "summary.json").read_text())["teacher_cache"]
     assert (third["hits"], third["misses"]) == (288, 0)
+
+
+def test_a_resume_keeps_the_recorded_length_and_refuses_another():
+    from deit.errors import ConfigError
+    from deit.train import keep_recorded_length
+
+    recorded = {"epochs": 5, "budget_images": 239616, "warmup_fraction": 0.0625, "warmup_epochs": 0.25}
+    # the same command, under a recipe whose budget has changed since: the record wins
+    config = load_config(None, {"recipe": "small-data", "dataset": "digits", "resume": True})
+    config = dataclasses.replace(config, budget_images=100_000, warmup_fraction=0.1)
+    kept = keep_recorded_length(config, recorded)
+    assert (kept.budget_images, kept.warmup_fraction, kept.epochs) == (239616, 0.0625, 5)
+    # a run recorded in epochs, resumed by its own flags
+    old = keep_recorded_length(load_config(None, {"recipe": "small-data", "epochs": 10}),
+                               {"epochs": 10, "budget_images": None, "warmup_epochs": 0.25})
+    assert (old.epochs, old.budget_images, old.warmup_epochs, old.warmup_fraction) == (10, None, 0.25, None)
+    with pytest.raises(ConfigError, match="--budget-images 120000, recorded 239616"):
+        keep_recorded_length(load_config(None, {"recipe": "small-data", "budget_images": 120000}), recorded)

@@ -337,3 +337,27 @@ def test_conv_stem_variants_round_trip_and_are_recognised_from_a_bare_state_dict
         expected = model.student_model(x) if isinstance(model, DeiT) else model(x)
         for other in (rebuilt.eval(), bare.eval()):
             torch.testing.assert_close(other.student_model(x) if isinstance(other, DeiT) else other(x), expected)
+
+
+def test_conv_stem_grey_weights_into_rgb_and_patch_weights_refused(tmp_path):
+    grey = perturb_(create_model("deit_pico_convstem_patch8_28", num_classes=5, in_channels=1)).eval()
+    torch.save({"model": grey.state_dict()}, tmp_path / "grey.pth")
+    rgb = create_model("deit_pico_convstem_patch8_28", num_classes=5, in_channels=3).eval()
+    load_pretrained(rgb, tmp_path / "grey.pth")
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():  # an RGB image of three equal channels is the grey image (timm's adapt_input_conv)
+        torch.testing.assert_close(rgb(x.expand(-1, 3, -1, -1)), grey(x), atol=1e-5, rtol=1e-5)
+    plain = create_model("deit_pico_patch4_32", num_classes=5, image_size=28)
+    torch.save({"model": plain.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="makes its tokens with a convolutional stem"):
+        load_pretrained(create_model("deit_pico_convstem_patch4_28", num_classes=5), tmp_path / "plain.pth")
+
+
+def test_conv_stem_bare_file_of_another_grid_builds_at_its_size(tmp_path):
+    model = perturb_(create_model("deit_pico_convstem_patch8_28", num_classes=5, in_channels=1, image_size=56))
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pth")  # a 7x7 grid: not the registered 4x4
+    dst, name = convert_checkpoint(tmp_path / "bare.pth", tmp_path / "converted.safetensors")
+    rebuilt, _ = build_from_checkpoint(dst)
+    assert name == "deit_pico_convstem_patch8_28" and rebuilt.patch_embed.grid_size == (7, 7)
+    x = torch.rand(1, 1, rebuilt.image_size, rebuilt.image_size)
+    assert rebuilt.eval()(x).shape == (1, 5)

@@ -117,3 +117,24 @@ def test_student_search_page_gives_seed_spreads_and_marks_rows_not_run():
     hard = next(line for line in page.splitlines() if line.startswith("| hard |"))
     assert "| 0, 1, 2 | 90.00 ± 1.00 | 89.00 ± 1.00 / 91.00 ± 1.00 | 239,616 |" in hard
     assert "| control | `deit_pico_convstem_patch8_28` |  | not run yet |" in page
+
+
+def test_data_size_curve_table_judges_the_gain_against_the_seed_spread(tmp_path):
+    curve = _script("data_size_curve")
+    results = {}
+    for seed, (teacher, control, distilled) in enumerate([(90, 80, 83), (91, 81, 83), (92, 82, 85)]):
+        for role, top1 in zip(curve.ROLES, (teacher, control, distilled)):
+            results[f"n1000 seed {seed} {role}"] = {"role": role, "size": 1000, "seed": seed, "top1": float(top1)}
+    for role, top1 in zip(curve.ROLES, (95.0, 90.0, 90.5)):  # one seed: no spread, no verdict
+        results[f"n60000 seed 0 {role}"] = {"role": role, "size": 60000, "seed": 0, "top1": top1}
+    text = curve.table(results)
+    assert "| 1,000 | 0, 1, 2 | 91.00 ± 1.00 | 81.00 ± 1.00 | 83.67 ± 1.15 | 2.67 ± 0.58 | yes |" in text
+    assert "| 60,000 | 0 | 95.00 | 90.00 | 90.50 | 0.50 |  |" in text
+    assert "| 3,000 | - | not run yet |" in text
+    picture = curve.picture(results, tmp_path / "curve.png")
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    settings = curve.settings("distilled", 1000, 2, tmp_path)
+    config = load_config(None, settings)
+    assert config.train_subset == 1000 and config.seed == 2 and config.budget_images == recipe_values("small-data")[
+        "budget_images"] and config.teacher_checkpoint.endswith("n1000/seed2/teacher/best.pth")
+    assert load_config(None, curve.settings("teacher", 60000, 0, tmp_path)).train_subset is None

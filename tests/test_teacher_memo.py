@@ -44,7 +44,8 @@ def test_a_flipped_view_is_another_view(teacher):
 
 
 def test_memory_bound_keeps_serving_new_views_live(teacher):
-    memo = TeacherMemo(teacher, num_classes=10, max_bytes=3 * 10 * 4)  # room for three views
+    memo = TeacherMemo(teacher, num_classes=10)
+    memo.max_bytes = 3 * memo.bytes_per_view  # room for three views
     views = torch.rand(5, 1, 28, 28)
     out = memo.targets(views)
     assert memo.stats()["distinct_views"] == 3 and memo.stored_bytes <= memo.max_bytes
