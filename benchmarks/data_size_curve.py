@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from deit.config import load_config
 from deit.demo import CONTROL, RECIPE, STUDENT, TEACHER, TEACHER_LR
 from deit.fileio import atomic_write, write_text_atomic
 from deit.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "data_size_curve.json"
@@ -145,7 +149,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/data_size_curve"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = load_results(RESULTS)
     if not args.table_only:
         for size in args.sizes:
             for seed in args.seeds:
@@ -154,10 +158,9 @@ def main() -> None:
                     if key in results:
                         continue
                     print(f"== {key}", flush=True)
-                    results[key] = run_one(role, size, seed, args.work)
-                    print(json.dumps(results[key]), flush=True)
-                    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                    write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+                    run = run_one(role, size, seed, args.work)
+                    print(json.dumps(run), flush=True)
+                    results = record_result(RESULTS, (key,), run)
     write_text_atomic(TABLE, table(results))
     picture(results, PICTURE)
     print(TABLE.read_text())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ from deit.fileio import write_text_atomic
 from deit.run_log import read_metrics
 from deit.runtime import native_cpu_bf16
 from deit.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "small_data_sweep.json"
@@ -208,7 +212,7 @@ def main() -> None:
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = load_results(RESULTS)
     if not args.table_only:
         teacher = train_teacher(args)
         stage, done_rows = STAGES[args.stage], results.setdefault(args.stage, {})
@@ -220,8 +224,7 @@ def main() -> None:
             print(f"== stage {args.stage}: {key}", flush=True)
             done_rows[key] = run_row(name, change, args, teacher, args.stage)
             print(json.dumps(done_rows[key]), flush=True)
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+            results = record_result(RESULTS, (args.stage, key), done_rows[key])
     write_text_atomic(TABLE, table(results))
     print(TABLE.read_text())
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ from deit.config import load_config
 from deit.demo import TEACHER, TEACHER_LR
 from deit.fileio import write_text_atomic
 from deit.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "student_search.json"
@@ -177,20 +181,19 @@ def main() -> None:
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = load_results(RESULTS)
     if not args.table_only:
         teacher = train_teacher(args.work, args.teacher_epochs)
-        done = results.setdefault(args.stage, {})
+        done = results.get(args.stage, {})
         for row in STAGES[args.stage].rows:
             for seed in args.seeds:
                 key = f"{row.name} seed {seed}"
                 if (args.rows and row.name not in args.rows) or (key in done and not args.rerun):
                     continue
                 print(f"== {args.stage}: {key}", flush=True)
-                done[key] = run_row(args.stage, row, seed, teacher, args.work)
-                print(json.dumps({k: v for k, v in done[key].items() if k != "settings"}), flush=True)
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+                row_result = run_row(args.stage, row, seed, teacher, args.work)
+                print(json.dumps({k: v for k, v in row_result.items() if k != "settings"}), flush=True)
+                results = record_result(RESULTS, (args.stage, key), row_result)
     write_text_atomic(TABLE, page(results))
     print(TABLE.read_text())
 

@@ -20,7 +20,10 @@ The paper's ImageNet recipe stays ``deit train``'s choice for ImageNet-sized dat
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,7 +64,10 @@ FULL = Schedule("full", None, 479_232, 958_464, dict(recipe=RECIPE))  # 8 and 16
 
 
 def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str | None = None,
-             progress: bool = True) -> dict[str, TrainResult]:
+             progress: bool = True, side_by_side: bool = True) -> dict[str, TrainResult]:
+    """Train the teacher, then the two students (side by side, half the cores each, when
+    ``side_by_side`` and there are at least two cores: the small students do not speed up
+    with a second intra-op thread, benchmarks/README.md), print the table and draw the curves."""
     schedule = FULL if full else QUICK
     out = Path(output) if output else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     start = time.perf_counter()
@@ -74,14 +80,23 @@ def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str
         common, model=TEACHER, budget_images=schedule.teacher_images, lr=schedule.teacher_lr,
         output=str(out / "teacher"))))
     teacher_checkpoint = out / "teacher" / "best.pth"
-    print(f"[2/3] student {STUDENT} with {distillation_label()} from the teacher", flush=True)
-    results["distilled"] = train(load_config(None, dict(
-        common, model=STUDENT, budget_images=schedule.student_images, teacher_model=TEACHER,
-        teacher_checkpoint=str(teacher_checkpoint), output=str(out / "deit_distilled"))))
-    print(f"[3/3] control {CONTROL} without distillation", flush=True)
-    results["control"] = train(load_config(None, dict(
-        common, model=CONTROL, budget_images=schedule.student_images, teacher_model=TEACHER,
-        teacher_checkpoint=str(teacher_checkpoint), distillation_type="none", output=str(out / "deit_control"))))
+    students = {
+        "distilled": dict(common, model=STUDENT, budget_images=schedule.student_images, teacher_model=TEACHER,
+                          teacher_checkpoint=str(teacher_checkpoint), output=str(out / "deit_distilled")),
+        "control": dict(common, model=CONTROL, budget_images=schedule.student_images, teacher_model=TEACHER,
+                        teacher_checkpoint=str(teacher_checkpoint), distillation_type="none",
+                        output=str(out / "deit_control")),
+    }
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if side_by_side and cores >= 2:
+        print(f"[2/3] student {STUDENT} with {distillation_label()} from the teacher and\n"
+              f"[3/3] control {CONTROL} without distillation, side by side: {cores // 2} core(s) each", flush=True)
+        results.update(train_side_by_side(students, threads=cores // 2))
+    else:
+        print(f"[2/3] student {STUDENT} with {distillation_label()} from the teacher", flush=True)
+        results["distilled"] = train(load_config(None, students["distilled"]))
+        print(f"[3/3] control {CONTROL} without distillation", flush=True)
+        results["control"] = train(load_config(None, students["control"]))
     table = format_table(results)
     runs = {f"teacher {TEACHER}": out / "teacher", f"DeiT control {CONTROL}": out / "deit_control",
             f"DeiT⚗ {STUDENT}": out / "deit_distilled"}
@@ -93,6 +108,25 @@ def run_demo(output: str | Path | None = None, full: bool = False, data_dir: str
     write_text_atomic(out / "results.md", report + "\n")
     print("\n" + report, flush=True)
     return results
+
+
+def _train_with_threads(settings: dict[str, Any], threads: int, label: str) -> TrainResult:
+    """:func:`deit.train.train` in a process of its own, on ``threads`` intra-op threads;
+    its log lines carry ``label`` (the two processes' progress bars would overwrite each other)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"[{label}] %(message)s")
+    return train(load_config(None, dict(settings, progress=False)))
+
+
+def train_side_by_side(jobs: dict[str, dict[str, Any]], threads: int) -> dict[str, TrainResult]:
+    """Train every job of ``jobs`` (name -> settings) at once, one process each (spawned, as
+    torch and OpenMP do not survive a fork) on ``threads`` threads; their results by name."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
+        futures = {name: pool.submit(_train_with_threads, settings, threads, name) for name, settings in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def distillation_label() -> str:

@@ -1,0 +1,29 @@
+"""The JSON files where the benchmark runners keep their finished runs.
+
+A run is recorded as soon as it ends, merged into the file as it is on disk at that moment
+(another invocation may be running other rows beside this one) and written atomically, so
+an interrupted runner loses at most the run it was in, and a rerun skips what is there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from deit.fileio import write_text_atomic
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_result(path: Path, keys: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    """Store ``value`` at ``results[keys[0]]...[keys[-1]]`` of the file; the merged results."""
+    results = load_results(path)
+    node = results
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    return results
