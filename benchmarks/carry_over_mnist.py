@@ -10,9 +10,9 @@ brings a folder of their own. Every run is a ``deit train`` command with the rec
 nothing tuned for this data but ``--hflip 0`` (a mirrored digit is not a digit):
 
     teacher    deit train --recipe small-data --dataset DIR --image-size 28 --hflip 0 --model resnet14_32 --lr 0.012
-    control    deit train --recipe small-data --dataset DIR --image-size 28 --hflip 0 --model deit_pico_patch7_28
+    control    deit train --recipe small-data --dataset DIR --image-size 28 --hflip 0 --model deit_pico_convstem_patch8_28
     DeiT⚗      deit train --recipe small-data --dataset DIR --image-size 28 --hflip 0
-                   --model deit_pico_distilled_patch7_28
+                   --model deit_pico_distilled_convstem_patch8_28
                    --teacher-model resnet14_32 --teacher-checkpoint <the teacher's best.pth>
 
 for each seed (``--seeds``), at the digits' own 28 px (the teacher is made for 32 px, the
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from deit.data.datasets import stratified_indices
-from deit.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR
+from deit.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR, distillation_label
 from deit.fileio import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def table(per_seed: dict[str, dict[str, float]]) -> str:
     stats = {name: Stat(tuple(r[name] for r in per_seed.values())) for name in ("teacher", "control", "distilled")}
     rows = ["| run | test top-1, mean ± std | per seed |", "|---|---|---|"]
     for name, label in (("teacher", f"teacher `{TEACHER}`"), ("control", f"DeiT control `{CONTROL}`"),
-                        ("distilled", f"DeiT⚗ hard, fusion `{STUDENT}`")):
+                        ("distilled", f"DeiT⚗ {distillation_label()}, fusion `{STUDENT}`")):
         rows.append(f"| {label} | {stats[name]} | {', '.join(f'{v:.2f}' for v in stats[name].values)} |")
     gap = stats["distilled"].mean - stats["control"].mean
     rows.append(f"\nDeiT⚗ − control: {gap:+.2f} points over {len(per_seed)} seed(s): "
