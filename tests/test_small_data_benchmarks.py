@@ -103,7 +103,8 @@ def test_every_student_search_row_is_a_valid_config_of_its_student():
             config = load_config(None, search.row_settings(stage, row, Path("teacher.pth"), seed=1))
             assert config.model == search.STUDENTS[row.student][int(row.teacher)]
             assert (config.teacher_model is not None) == row.teacher and config.seed == 1
-            assert config.distillation_type == (row.change.get("distillation_type", "hard") if row.teacher else "none")
+            recipe = recipe_values("small-data")["distillation_type"]
+            assert config.distillation_type == (row.change.get("distillation_type", recipe) if row.teacher else "none")
             for key, value in {**stage.base, **row.change}.items():
                 assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), (row.name, key)
 
