@@ -73,12 +73,12 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "arch": Stage(
-        "which student learns fastest: every student without a teacher, 4 epochs (240,000 images) of the "
+        "which student learns fastest: every student without a teacher, 4 epochs (239,616 images) of the "
         "shipped recipe; compare top-1 per image here and per minute with the students' images/s",
         dict(epochs=4),
         [Row(f"{key} control", key, False) for key in STUDENTS]),
     "distill": Stage(
-        "where distillation helps the conv-stem student: 4 epochs (240,000 images) of the shipped recipe; "
+        "where distillation helps the conv-stem student: 4 epochs (239,616 images) of the shipped recipe; "
         "whole images (the recipe) against random-resized crops, hard against soft, alpha; each view "
         "setting has its own control",
         dict(epochs=4),
@@ -94,7 +94,7 @@ STAGES: dict[str, Stage] = {
          Row("crops soft tau 3 alpha 0.9", "pico-stem8", True,
              dict(scale=[0.5, 1.0], distillation_type="soft", distillation_tau=3.0, distillation_alpha=0.9))]),
     "demo": Stage(
-        "the pair of `deit demo`, over seeds: the shipped recipe as it is (its budget of 240,000 images, its "
+        "the pair of `deit demo`, over seeds: the shipped recipe as it is (its budget of 239,616 images, its "
         "distillation), the control without a teacher; one teacher (seed 0) for every seed",
         {},
         [Row("control", "pico-stem8", False), Row("DeiT⚗ (recipe)", "pico-stem8", True)]),
