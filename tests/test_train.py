@@ -321,14 +321,18 @@ def test_recipe_precedence_recipe_then_config_file_then_flags(tmp_path):
 def test_recipe_distillation_settings_need_a_teacher(tmp_path):
     plain = load_config(None, {"recipe": "small-data", "model": "deit_pico_patch4_32"})
     assert (plain.distillation_type, plain.distillation_alpha, plain.teacher_model) == ("none", None, None)
+    recipe = recipe_values("small-data")
+    assert recipe["distillation_type"] != "none"
     by_flag = load_config(None, {"recipe": "small-data", "teacher_model": "convnext_atto_32"})
-    assert (by_flag.distillation_type, by_flag.distillation_alpha) == ("hard", 0.5)
+    assert (by_flag.distillation_type, by_flag.distillation_alpha) == (recipe["distillation_type"],
+                                                                       recipe["distillation_alpha"])
     path = tmp_path / "teacher.yaml"
     path.write_text(yaml.safe_dump({"recipe": "small-data", "teacher_model": "convnext_atto_32"}))
-    assert load_config(path).distillation_type == "hard"  # a teacher from the --config file counts too
+    assert load_config(path).distillation_type == recipe["distillation_type"]  # a teacher from the file counts too
     assert load_config(path, {"teacher_model": None}).distillation_type == "none"  # --teacher-model none
-    soft = load_config(path, {"distillation_type": "soft"})
-    assert (soft.distillation_type, soft.distillation_alpha) == ("soft", 0.5)  # a flag changes only its setting
+    other = "hard" if recipe["distillation_type"] == "soft" else "soft"
+    changed = load_config(path, {"distillation_type": other})
+    assert (changed.distillation_type, changed.distillation_alpha) == (other, recipe["distillation_alpha"])  # only its own
 
 
 def test_unknown_recipe_names_the_flag_and_the_recipes(tmp_path, capsys):
