@@ -329,7 +329,8 @@ def recipe_summary(name: str) -> str:
 
 def describe_recipe(name: str) -> str:
     """The settings of ``deit train --recipe NAME`` without a teacher, every one resolved, as
-    YAML a --config file can hold (the run writes the same as its config.yaml)."""
+    YAML a --config file can hold (a run's config.yaml holds them too, with the length it
+    resolved to: under a budget, the epochs it took)."""
     values = recipe_values(name)
     with_teacher = {k: v for k, v in values.items() if k in RECIPE_TEACHER_KEYS}
     header = [f"deit train --recipe {name}: {recipe_summary(name)}",
@@ -344,6 +345,8 @@ def describe_recipe(name: str) -> str:
     # teacher is added to the file, and the recipe: key brings them back with a teacher
     settings = {k: v for k, v in load_config(None, {"recipe": name}).to_dict().items()
                 if k not in RECIPE_TEACHER_KEYS}
+    if settings.get("budget_images") is not None:  # the budget sets the length: epochs would be ignored
+        settings.pop("epochs")
     return comment + yaml.safe_dump(settings, sort_keys=False)
 
 
