@@ -501,10 +501,11 @@ def keep_recorded_length(config: TrainConfig, saved_config: dict[str, Any]) -> T
     length (a recipe whose budget changed, a different ``--budget-images``) would stop the
     run mid-cosine or past its end. A length or warm-up given again must equal the record."""
     given = set(config.settings_given or ())
-    recorded = {key: saved_config.get(key) for key in ("epochs", "budget_images", "warmup_fraction",
-                                                          "warmup_epochs") if key in saved_config}
-    if not recorded:
+    if "epochs" not in saved_config:
         return config
+    # a config.yaml from before budgets has no budget_images / warmup_fraction: it ran without them
+    recorded = {key: saved_config.get(key) for key in ("epochs", "budget_images", "warmup_fraction",
+                                                          "warmup_epochs")}
     changes = {key: value for key, value in recorded.items() if key not in given}
     if config.budget_minutes is not None and "budget_minutes" in given:
         changes.pop("budget_images", None)  # resolve_budget takes the recorded images or refuses new minutes

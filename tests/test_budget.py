@@ -327,5 +327,8 @@ def test_a_resume_keeps_the_recorded_length_and_refuses_another():
     old = keep_recorded_length(load_config(None, {"recipe": "small-data", "epochs": 10}),
                                {"epochs": 10, "budget_images": None, "warmup_epochs": 0.25})
     assert (old.epochs, old.budget_images, old.warmup_epochs, old.warmup_fraction) == (10, None, 0.25, None)
+    # a run recorded before budgets existed: no budget_images key, so the recipe's budget does not apply
+    older = keep_recorded_length(load_config(None, {"recipe": "small-data"}), {"epochs": 10, "warmup_epochs": 0.25})
+    assert (older.epochs, older.budget_images, older.warmup_fraction) == (10, None, None)
     with pytest.raises(ConfigError, match="--budget-images 120000, recorded 239616"):
         keep_recorded_length(load_config(None, {"recipe": "small-data", "budget_images": 120000}), recorded)
