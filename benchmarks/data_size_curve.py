@@ -7,7 +7,8 @@ For each size and seed, ``deit demo``'s pair on the subset that seed draws
 (``train_subset``, class-stratified, seeded by ``seed``):
 
 1. the teacher ``resnet14_32`` trained on that subset (the paper's CIFAR-10 setting, §5.4:
-   a convnet teacher trained on the target data), with ``deit demo``'s learning rate;
+   a convnet teacher trained on the target data), with ``deit demo``'s learning rate and,
+   as there, in bf16 where the CPU has native bf16 units;
 2. the control ``deit_pico_convstem_patch8_28`` without a teacher;
 3. DeiT⚗ ``deit_pico_distilled_convstem_patch8_28`` distilled from that teacher;
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from deit.config import load_config
-from deit.demo import CONTROL, RECIPE, STUDENT, TEACHER, TEACHER_LR
+from deit.demo import CONTROL, RECIPE, STUDENT, TEACHER, TEACHER_LR, teacher_amp
 from deit.fileio import atomic_write, write_text_atomic
 from deit.train import train
 
@@ -56,7 +57,7 @@ def settings(role: str, size: int, seed: int, work: Path) -> dict[str, Any]:
                   train_subset=None if size >= FULL_SIZE else size)
     teacher_dir = work / f"n{size}" / f"seed{seed}" / "teacher"
     if role == "teacher":
-        return dict(common, model=TEACHER, lr=TEACHER_LR, output=str(teacher_dir))
+        return dict(common, model=TEACHER, lr=TEACHER_LR, amp=teacher_amp(), output=str(teacher_dir))
     if role == "control":
         return dict(common, model=CONTROL, output=str(work / f"n{size}" / f"seed{seed}" / "control"))
     return dict(common, model=STUDENT, teacher_model=TEACHER, teacher_checkpoint=str(teacher_dir / "best.pth"),

@@ -35,7 +35,7 @@ from deit.models.teacher_output import teacher_logits
 from deit.optim import build_optimizer
 
 __all__ = ["CALIBRATION_SECONDS", "CALIBRATION_UPDATES", "CALIBRATION_WARMUP", "Rate", "SchedulePlan",
-           "budget_from_minutes", "clamp_warmup_epochs", "epoch_updates", "measure_training_rate", "plan_schedule"]
+           "budget_from_minutes", "clamp_warmup_epochs", "epoch_updates", "evaluation_due", "measure_training_rate", "plan_schedule"]
 
 CALIBRATION_WARMUP = 2
 """Updates run and discarded before timing: first-call allocations, kernel selection."""
@@ -129,6 +129,23 @@ def plan_schedule(num_train_images: int, effective_batch: int, drop_last: bool =
     warmup = max(0, min(warmup, total - 1))
     return SchedulePlan(updates_per_epoch=per_epoch, epochs=run_epochs, total_updates=total, warmup_updates=warmup,
                         warmup_epochs=warmup_epochs, budget_images=budget_images)
+
+
+def evaluation_due(epoch: int, epochs: int, eval_interval: int = 1, evaluations: int | None = None) -> bool:
+    """Whether epoch ``epoch`` (0-based) of ``epochs`` ends with an evaluation.
+
+    The last epoch always does. Otherwise every ``eval_interval``-th epoch, or, when
+    ``evaluations`` is given, the epochs where ``(epoch + 1) x evaluations / epochs`` passes
+    a whole number: ``evaluations`` of them evenly spaced (every epoch when there are fewer
+    epochs than that). A budget fixes the images a run sees, not its epochs: 239,616 images
+    are 4 epochs of 60,000 and 60 of 4,000, and evaluating a 10,000-image test set after each
+    of the 60 would cost the run half its training time again.
+    """
+    if epoch >= epochs - 1:
+        return True
+    if evaluations is None:
+        return (epoch + 1) % eval_interval == 0
+    return (epoch + 1) * evaluations // epochs > epoch * evaluations // epochs
 
 
 # --- budget_minutes: the measured rate of the run's own training step ------------------------

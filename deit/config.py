@@ -106,6 +106,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue the run in `output` from its last checkpoint
     eval_interval: int = 1  # evaluate every N epochs (the last epoch is always evaluated)
+    evaluations: int | None = None  # evaluate about N times, evenly over the run's epochs; None: by eval_interval
     stop_after_epochs: int | None = None  # end this invocation after N epochs (time-limited job slots); resume later
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
@@ -140,7 +141,8 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "accum_steps", "repeated_aug", "eval_interval"):
             positive_int(name)
-        for name in ("num_classes", "image_size", "in_channels", "train_subset", "val_subset", "stop_after_epochs"):
+        for name in ("num_classes", "image_size", "in_channels", "train_subset", "val_subset", "stop_after_epochs",
+                     "evaluations"):
             if getattr(self, name) is not None:
                 positive_int(name)
         self._validate_budget()
@@ -560,6 +562,8 @@ HELP: dict[str, tuple[str, str]] = {
     "device": ("run", "auto (CUDA if available), cpu, cuda or cuda:N"),
     "resume": ("run", "continue the run in --output from its last.pth"),
     "eval_interval": ("run", "evaluate every N epochs (the last epoch is always evaluated)"),
+    "evaluations": ("run", "evaluate about N times, at evenly spaced epochs (the last always), whatever the run's "
+                           "epochs; replaces --eval-interval (a budget on a small folder makes many short epochs)"),
     "stop_after_epochs": ("run", "end this invocation after N epochs (time-limited job slots); continue later "
                                  "with --resume"),
     "progress": ("run", "progress bars"),

@@ -38,8 +38,8 @@ from deit.checkpoint import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from deit.budget import Rate, SchedulePlan, budget_from_minutes, clamp_warmup_epochs, measure_training_rate, \
-    plan_schedule
+from deit.budget import Rate, SchedulePlan, budget_from_minutes, clamp_warmup_epochs, evaluation_due, \
+    measure_training_rate, plan_schedule
 from deit.config import PAPER_RECIPE, TrainConfig, apply_recipe, recipe_for_data, recipe_names
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
 from deit.data.datasets import dataset_fingerprint, stratified_indices, typical_image_side
@@ -706,7 +706,8 @@ def open_records(run: Run, resumed: bool) -> None:
 
 def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
     """Train one epoch (the last one of a budget as far as its updates go), then evaluate
-    when due (every ``eval_interval`` epochs and the last one). Returns the epoch's metrics
+    when due (:func:`deit.budget.evaluation_due`: every ``eval_interval`` epochs, or
+    ``evaluations`` times over the run, and the last one). Returns the epoch's metrics
     and whether validation top-1 improved on the best.
 
     Two columns run over the whole run, across resumes: ``images_seen`` (training samples
@@ -725,7 +726,7 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], bool]:
     run.images_seen += train_metrics["train_images"]
     metrics = dict(train_metrics)
     improved = False
-    if (epoch + 1) % config.eval_interval == 0 or epoch == config.epochs - 1:
+    if evaluation_due(epoch, config.epochs, config.eval_interval, config.evaluations):
         val = evaluate(run.model, run.val_loader, device=run.device, amp=run.amp, teacher=run.teacher)
         metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
         if run.ema is not None:

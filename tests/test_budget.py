@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from deit.budget import SchedulePlan, epoch_updates, plan_schedule
+from deit.budget import SchedulePlan, epoch_updates, evaluation_due, plan_schedule
 from deit.config import PAPER_RECIPE, load_config, recipe_for_data
 from deit.optim import build_scheduler
 from deit.train import train
@@ -212,6 +212,30 @@ def test_budget_run_trains_the_planned_updates_and_counts_its_images(tmp_path, c
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["epochs"], saved["budget_images"], saved["budget_minutes"]) == (3, 288, None)
     assert load_config(out / "config.yaml").budget_images == 288  # a rerun from it: the same plan
+
+
+@pytest.mark.parametrize("epochs, evaluations, expected", [
+    (60, 10, [5, 11, 17, 23, 29, 35, 41, 47, 53, 59]),  # 239,616 images of a 4,000-image folder: every 6th
+    (4, 10, [0, 1, 2, 3]),                                # fewer epochs than evaluations: every epoch
+    (7, 3, [2, 4, 6]),                                    # evenly spread, the last always
+    (1, 10, [0]),
+])
+def test_evaluations_are_spread_evenly_and_the_last_epoch_is_always_evaluated(epochs, evaluations, expected):
+    due = [epoch for epoch in range(epochs) if evaluation_due(epoch, epochs, evaluations=evaluations)]
+    assert due == expected and len(due) == min(epochs, evaluations)
+
+
+def test_eval_interval_counts_epochs_when_evaluations_is_not_set():
+    assert [e for e in range(7) if evaluation_due(e, 7, eval_interval=3)] == [2, 5, 6]
+    assert all(evaluation_due(e, 5) for e in range(5))
+
+
+def test_a_budget_run_evaluates_the_epochs_evaluations_choose(tmp_path):
+    out = tmp_path / "run"
+    _run(out, budget_images=BUDGET, evaluations=2)  # 3 epochs: the second and the last
+    with open(out / "metrics.csv", newline="") as f:
+        evaluated = [bool(row["val_acc1"]) for row in csv.DictReader(f)]
+    assert evaluated == [False, True, True]
 
 
 @pytest.mark.slow

