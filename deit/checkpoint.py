@@ -111,13 +111,24 @@ def extract_state_dict(obj: Mapping[str, Any], metadata: Mapping[str, str] | Non
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; expected "
                                   "a state dict (or a dict with a 'model' / 'state_dict' entry)")
-        for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        key = strip_wrapper_prefixes(key)
         state_dict[key] = value
     if not state_dict:
         raise CheckpointError(f"{source} holds no tensors")
     return state_dict, info
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""What DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) put before a wrapped model's keys."""
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """``key`` without the wrappers' prefixes, in whatever order and number they nest:
+    ``torch.compile(DDP(m))`` saves ``_orig_mod.module.…``, ``DDP(torch.compile(m))``
+    ``module._orig_mod.…``."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key[len(next(p for p in WRAPPER_PREFIXES if key.startswith(p))):]
+    return key
 
 
 # --- foreign layouts -> timm layout ---------------------------------------------------

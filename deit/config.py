@@ -164,6 +164,10 @@ class TrainConfig:
         in_range("color_jitter", 0.0, 1.0, allow_none=True)
         for name in ("mixup", "cutmix"):
             in_range(name, 0.0, 100.0)
+        if self.batch_size % 2 and self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0):
+            raise ConfigError(f"batch_size={self.batch_size} (--batch-size) is odd, but Mixup/CutMix (--mixup "
+                              f"{self.mixup}, --cutmix {self.cutmix}) pair each image with the batch's reverse and "
+                              "need an even batch; pass an even --batch-size, or --mixup 0 --cutmix 0")
         in_range("model_ema_decay", 0.0, 1.0)
         in_range("distillation_alpha", 0.0, 1.0, allow_none=True)
         if self.distillation_tau is not None:

@@ -419,12 +419,13 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
         if env.is_main:
             logger.info("the training views repeat (whole images, at most a flip): the teacher runs once per "
                         "distinct view and its logits are kept in memory (--no-teacher-memo runs it every step)")
-    if distilling and isinstance(model, DeiT) and teacher_cache is None and teacher_memo is None:
-        model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
     # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
-    # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it
+    # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it.
+    # Before set_teacher: DeiT._apply passes a move on to its teacher, memory format included.
     model.to(device, memory_format=torch.contiguous_format if model_family(config.model) == "vit"
              else torch.channels_last)
+    if distilling and isinstance(model, DeiT) and teacher_cache is None and teacher_memo is None:
+        model.set_teacher(teacher)  # the student's forward runs it: (student, teacher) outputs
     if teacher is not None:
         teacher.to(device)
 

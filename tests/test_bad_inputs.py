@@ -210,6 +210,8 @@ CLI_CONFIGS = {
     "unknown distillation type": (["--distillation-type", "fuzzy"], "distillation_type='fuzzy'"),
     "batch size 0": (["--batch-size", "0"], "batch_size=0 is invalid; expected a positive integer"),
     "mixup prob above 1": (["--mixup-prob", "1.5"], "mixup_prob=1.5 is invalid; expected a number in [0.0, 1.0]"),
+    "odd batch with Mixup": (["--batch-size", "33", "--mixup", "0.8"],
+                             "batch_size=33 (--batch-size) is odd, but Mixup/CutMix"),
 }
 
 

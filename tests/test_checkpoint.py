@@ -56,6 +56,24 @@ def test_timm_deit_tiny_distilled_equivalence(tmp_path, container):
             torch.testing.assert_close(ours.student_model(x), want[kind], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("order", ["compile(ddp(m))", "ddp(compile(m))"])
+def test_a_state_dict_of_nested_wrappers_loads(tmp_path, order):
+    class Replica(torch.nn.Module):  # DDP's state-dict layout: the model under ``module``
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = perturb_(create_model("deit_pico_distilled_patch4_32"))
+    wrapped = torch.compile(Replica(model)) if order == "compile(ddp(m))" else Replica(torch.compile(model))
+    prefix = "_orig_mod.module." if order == "compile(ddp(m))" else "module._orig_mod."
+    assert all(key.startswith(prefix) for key in wrapped.state_dict())
+    torch.save(wrapped.state_dict(), tmp_path / "wrapped.pth")
+    loaded = create_model("deit_pico_distilled_patch4_32")
+    load_pretrained(loaded, tmp_path / "wrapped.pth")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_timm_deit_small_equivalence(tmp_path):
     ref = perturb_(timm.create_model("deit_small_patch16_224", pretrained=False)).eval()
     torch.save({"model": ref.state_dict()}, tmp_path / "deit_small.pth")

@@ -399,10 +399,33 @@ def test_recipes_ship_inside_the_package_and_the_command_prints_them(tmp_path, c
     ({"distillation_type": "hard"}, "needs a teacher"), ({"distillation_type": "warm"}, "distillation_type"),
     ({"learning_rate": 0.1}, "unknown setting.*learning_rate"), ({"warmup_epochs": -1}, "warmup_epochs"),
     ({"amp": "yes"}, "amp"),
+    ({"batch_size": 127, "recipe": "paper"}, r"batch_size=127 \(--batch-size\) is odd.*--mixup 0 --cutmix 0"),
 ])
 def test_invalid_settings_are_named(settings, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, settings)
+
+
+def test_the_teacher_of_a_vit_student_stays_channels_last(tmp_path):
+    """DeiT.set_teacher puts the teacher in channels_last (oneDNN's fast convolutions); the
+    student's own move to the contiguous format must not undo it."""
+    from deit import create_model, distributed, save_model
+    from deit.train import setup
+
+    save_model(create_model("convnext_atto_32", num_classes=10, in_channels=1), tmp_path / "teacher.safetensors")
+    config = load_config(None, {**DIGITS, "output": str(tmp_path / "run"), "model": "deit_pico_distilled_patch4_32",
+                                "teacher_model": "convnext_atto_32", "distillation_type": "hard", "epochs": 1,
+                                "teacher_checkpoint": str(tmp_path / "teacher.safetensors"), "teacher_memo": False})
+    run_state = setup(config, distributed.detect(), torch.device("cpu"), tmp_path / "run")
+    convs = [m for m in run_state.model.teacher.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)
+
+
+def test_an_odd_batch_is_fine_without_mixing():
+    assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup": 0.0, "cutmix": 0.0}).batch_size == 127
+    assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup_prob": 0.0}).batch_size == 127
 
 
 def test_new_run_refuses_to_overwrite_an_existing_one(tmp_path):
