@@ -38,6 +38,27 @@ from deit.fileio import write_text_atomic
 from deit.losses import DISTILLATION_TYPES, KL_REDUCTIONS
 
 
+class _Yaml12NumbersLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``5e-4``, ``1e-5`` and ``.05`` are numbers,
+    as people write them (the official DeiT repo's ``--lr 5e-4``), where YAML 1.1 reads an
+    exponent without a dot as a string."""
+
+
+_Yaml12NumbersLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document, numbers read as YAML 1.2 reads them (:class:`_Yaml12NumbersLoader`)."""
+    return yaml.load(text, Loader=_Yaml12NumbersLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclass
 class TrainConfig:
     # --- model ---------------------------------------------------------------------------
@@ -301,7 +322,7 @@ def recipe_values(name: str) -> dict[str, Any]:
         return {}
     source = f"recipe {name!r} (deit/recipes/{name}.yaml)"
     try:
-        loaded = yaml.safe_load(_recipe_text(name))
+        loaded = load_yaml(_recipe_text(name))
     except yaml.YAMLError as err:
         raise ConfigError(f"{source} is not valid YAML: {err}") from None
     if not isinstance(loaded, dict):
@@ -664,7 +685,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):

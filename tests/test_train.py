@@ -423,6 +423,18 @@ def test_the_teacher_of_a_vit_student_stays_channels_last(tmp_path):
     assert not all(c.weight.is_contiguous() for c in convs)
 
 
+def test_a_yaml_with_numbers_as_the_official_repo_writes_them_trains(tmp_path):
+    """PyYAML reads ``5e-4`` as a string (YAML 1.1); the config loader reads YAML 1.2's numbers."""
+    path = tmp_path / "official.yaml"
+    path.write_text("lr: 5e-4\nmin_lr: 1e-5\nweight_decay: .05\nwarmup_lr: 1E-6\nepochs: 1\n"
+                    "model: deit_pico_patch4_32\ntrain_subset: 64\nval_subset: 64\n")
+    assert isinstance(yaml.safe_load(path.read_text())["lr"], str)  # what plain PyYAML makes of it
+    config = load_config(path, {**DIGITS, "output": str(tmp_path / "run")})
+    assert (config.lr, config.min_lr, config.weight_decay, config.warmup_lr) == (5e-4, 1e-5, 0.05, 1e-6)
+    assert train(config).final["images_seen"] > 0
+    assert load_config(tmp_path / "run" / "config.yaml").lr == 5e-4  # the run's record reads back the same
+
+
 def test_an_odd_batch_is_fine_without_mixing():
     assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup": 0.0, "cutmix": 0.0}).batch_size == 127
     assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup_prob": 0.0}).batch_size == 127
