@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deit.config import load_config, recipe_values
+from deit.figures import new_figure
 from deit.fileio import atomic_write, write_text_atomic
 from deit.run_log import read_metrics
 from deit.runtime import native_cpu_bf16
@@ -188,10 +189,6 @@ def plot_learning_curves(run_dirs: dict[str, Path], path: str | Path, title: str
 
     Raises ``FileNotFoundError`` naming the file when a run has no ``metrics.csv``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
 
     columns = ("images_seen", "elapsed_s", "val_acc1")
@@ -209,7 +206,8 @@ def plot_learning_curves(run_dirs: dict[str, Path], path: str | Path, title: str
         tables[label] = [r for r in rows if all(r[key] for key in columns)]
 
     path = Path(path)
-    fig, (ax_images, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig = new_figure(figsize=(12, 4.5))
+    ax_images, ax_time = fig.subplots(1, 2, sharey=True)
     for label, rows in tables.items():
         images = [float(r["images_seen"]) for r in rows]
         minutes = [float(r["elapsed_s"]) / 60 for r in rows]
@@ -236,8 +234,5 @@ def plot_learning_curves(run_dirs: dict[str, Path], path: str | Path, title: str
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)  # below: no line hidden
     fig.suptitle("test top-1 during training" + (f": {title}" if title else ""))
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 3), 1, 1))
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path

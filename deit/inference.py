@@ -24,6 +24,7 @@ from deit.data.decode import decoded_batches
 from deit.engine import evaluate
 from deit.errors import ConfigError
 from deit.factory import build_from_checkpoint
+from deit.figures import new_figure
 from deit.fileio import atomic_write, write_text_atomic
 from deit.models.deit import DeiT
 from deit.preprocessing import resolve_labels, resolve_preprocessing, variant_config
@@ -78,14 +79,10 @@ def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_class
 
 
 def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = len(classes)
     size = max(5.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = new_figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(matrix.numpy(), cmap="Blues")
     if k <= 40:
         ax.set_xticks(range(k), labels=classes, rotation=60, ha="right")
@@ -101,7 +98,6 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
     ax.set_title(title)
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
     return path
 
 

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from deit.figures import new_figure
 from deit.fileio import atomic_write
 
 
@@ -77,18 +78,14 @@ class RunLog:
         """Loss and accuracy curves per epoch as a PNG."""
         if not self.enabled or not self.rows:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         path = Path(path) if path else self.directory / "curves.png"
 
         def series(key: str) -> tuple[list[int], list[float]]:
             pts = [(int(r["epoch"]), float(r[key])) for r in self.rows if r.get(key) not in (None, "")]
             return [p[0] for p in pts], [p[1] for p in pts]
 
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+        fig = new_figure(figsize=(11, 4))
+        ax_loss, ax_acc = fig.subplots(1, 2)
         for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
             xs, ys = series(key)
             if xs:
@@ -108,8 +105,5 @@ class RunLog:
                 ax.legend()
         fig.suptitle(title)
         fig.tight_layout()
-        try:
-            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-        finally:
-            plt.close(fig)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         return path

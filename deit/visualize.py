@@ -40,6 +40,7 @@ from torch import nn
 from deit._validation import check_choice
 from deit.data import load_image
 from deit.errors import ConfigError
+from deit.figures import new_figure
 from deit.fileio import atomic_write
 from deit.inference import Predictor, load_for_inference
 from deit.models.layers import Block, plain_forward
@@ -377,18 +378,8 @@ def _save_figure(figure: Any, path: Path) -> Path:
     return path
 
 
-def _new_figure(**kwargs: Any) -> Any:
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend switch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(**kwargs)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def _plot_similarity(sims: Sequence[float], path: Path, title: str) -> Path:
-    figure = _new_figure(figsize=(5.0, 3.5))
+    figure = new_figure(figsize=(5.0, 3.5))
     ax = figure.add_subplot()
     ax.plot(range(len(sims)), sims, marker="o")
     ax.set_xticks(range(len(sims)), labels=["input"] + [str(i) for i in range(1, len(sims))])
@@ -407,7 +398,7 @@ def _plot_per_layer(view: Image.Image, maps: Sequence[torch.Tensor], tokens: Seq
     """Grid PNG: one row per token (cls, dist), one column per block, each panel the
     layer's attention of that token to the patches over the model's view of the image."""
     rows, cols = len(tokens), len(maps)
-    figure = _new_figure(figsize=(1.6 * cols + 0.6, 1.7 * rows + 0.5))
+    figure = new_figure(figsize=(1.6 * cols + 0.6, 1.7 * rows + 0.5))
     for r, token in enumerate(tokens):
         for c, attention in enumerate(maps):
             mask = _patch_row(attention, token, num_prefix_tokens, head_fusion)[0].reshape(grid)  # (gh, gw)

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deit"
 # bottom (0) to top; an import may point to its own layer or below
 LAYERS: dict[str, int] = {
     # foundation: errors, atomic writes, argument checks
-    "deit.errors": 0, "deit.fileio": 0, "deit._validation": 0,
+    "deit.errors": 0, "deit.fileio": 0, "deit._validation": 0, "deit.figures": 0,
     # pure nn.Modules and the data that describes them: no files, no environment, no names
     "deit.models.layers": 1, "deit.models.vit": 1, "deit.models.deit": 1, "deit.models.convnext": 1,
     "deit.models.resnet": 1, "deit.models.teacher_output": 1, "deit.models.pretrained": 1,

@@ -59,3 +59,28 @@ def test_curves_are_a_png_written_in_one_piece(tmp_path):
     assert path == tmp_path / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.csv"]
+
+
+def test_plots_leave_pyplot_and_its_backend_alone(tmp_path):
+    """A notebook user's backend and open figures are not ours to change."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import torch
+
+    from deit.demo import plot_learning_curves
+    from deit.inference import plot_confusion_matrix
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        log = RunLog(tmp_path / "run", tensorboard=False)
+        for epoch in range(2):
+            log.log_epoch(epoch, {"train_loss": 1.0, "val_acc1": 40.0 + epoch, "images_seen": 64 * (epoch + 1),
+                                  "elapsed_s": 2.0 * (epoch + 1)})
+        assert log.plot() is not None
+        plot_learning_curves({"run": tmp_path / "run"}, tmp_path / "curves.png")
+        plot_confusion_matrix(torch.eye(3, dtype=torch.long), ["a", "b", "c"], tmp_path / "confusion.png", "t")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+        assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("curves.png", "confusion.png"))
+    finally:
+        matplotlib.use(before)
