@@ -87,6 +87,7 @@ class TrainConfig:
     train_subset: int | None = None  # use only the first N training images (budgeted runs)
     val_subset: int | None = None  # evaluate on N validation images spread over the set (budgeted runs)
     num_workers: int = 0
+    keep_decoded: bool = True  # an image folder's decoded images stay in memory (1 GiB a split): decoded once
     bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
     # --- optimisation --------------------------------------------------------------------
     recipe: str | None = None  # "paper" or deit/recipes/<name>.yaml, under --config and flags; None: the data's
@@ -524,6 +525,9 @@ HELP: dict[str, tuple[str, str]] = {
                              "class proportions (budgeted runs)"),
     "val_subset": ("data", "evaluate on N validation images spread evenly over the set (budgeted runs)"),
     "num_workers": ("data", "data-loader worker processes; 0 loads in the training process (best with 2 cores)"),
+    "keep_decoded": ("data", "keep an image folder's decoded images in memory, up to 1 GiB of pixels per split, so "
+                             "each file is decoded once rather than every epoch (loaded in the training process: "
+                             "--num-workers 0)"),
     "bad_images": ("data", "image folders: fail on an unreadable file, naming it, or skip it, counted in the log"),
     "recipe": ("optimisation", "paper (the paper's ImageNet recipe, Table 9: the defaults; also 'none') or a "
                                "recipe shipped with deit, settings for another regime applied under --config and "

@@ -435,6 +435,25 @@ def test_a_yaml_with_numbers_as_the_official_repo_writes_them_trains(tmp_path):
     assert load_config(tmp_path / "run" / "config.yaml").lr == 5e-4  # the run's record reads back the same
 
 
+def test_keeping_a_folders_decoded_images_changes_no_weight(tmp_path):
+    from PIL import Image
+
+    from deit.data import load_dataset
+
+    digits = {split: load_dataset("digits", split) for split in ("train", "val")}
+    root = tmp_path / "folder"
+    for split, data in digits.items():
+        for i in range(0, len(data), 4):
+            target = root / split / f"class{int(data.targets[i])}"
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.images[i]).save(target / f"{i}.png")
+    settings = dict(dataset=str(root), model="deit_pico_patch4_32", epochs=2, scale=(0.5, 1.0))  # random crops
+    run(tmp_path / "kept", **settings, keep_decoded=True)
+    run(tmp_path / "decoded", **settings, keep_decoded=False)
+    kept, decoded = _weights(tmp_path / "kept" / "last.pth"), _weights(tmp_path / "decoded" / "last.pth")
+    assert all(torch.equal(kept[key], decoded[key]) for key in decoded)
+
+
 def test_an_odd_batch_is_fine_without_mixing():
     assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup": 0.0, "cutmix": 0.0}).batch_size == 127
     assert load_config(None, {"batch_size": 127, "recipe": "paper", "mixup_prob": 0.0}).batch_size == 127

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from deit._validation import check_choice
+from deit._validation import check_choice, check_non_negative_int
 from deit.config import BAD_IMAGE_POLICIES
 from deit.data.decode import load_image, stored_channels
 from deit.errors import ConfigError, DeitError
@@ -178,6 +178,14 @@ class FolderDataset(ImageFolder):
     Images are then served in that mode; a model asking for the other channel count gets
     them converted by its transform (grey replicated to RGB, or RGB to luma).
 
+    :meth:`keep_decoded` keeps each decoded image in memory, up to a byte limit, so a small
+    folder is decoded once rather than once per epoch (``deit train`` does it for its splits:
+    a 4,000-file folder of 28 px PNGs is decoded 60 times under the ``small-data`` budget,
+    at ~0.1-0.2 ms a file on this project's CPU). The kept image is the one
+    :func:`~deit.data.decode.load_image` returned, so the pixels served do not change. The
+    memory is the loading process's: with ``num_workers > 0`` each epoch's fresh workers start
+    without it.
+
     A file that cannot be decoded (zero bytes, truncated, not an image) is handled by
     ``bad_images``: ``"fail"`` raises :class:`CorruptDatasetError` naming the file;
     ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
@@ -207,6 +215,33 @@ class FolderDataset(ImageFolder):
         self.bad_images = bad_images
         self._skipped = multiprocessing.Value("i", 0)  # inherited by DataLoader workers
         self._bad_paths: set[str] = set()
+        self._decoded: dict[int, Image.Image] = {}
+        self._decoded_bytes = 0
+        self._decoded_limit = 0
+
+    def keep_decoded(self, limit_bytes: int) -> None:
+        """Keep decoded images in memory from now on, until their pixels fill ``limit_bytes``
+        (later files are decoded each time); 0 stops keeping and frees them."""
+        check_non_negative_int("limit_bytes", limit_bytes)
+        self._decoded_limit = limit_bytes
+        if limit_bytes == 0:
+            self._decoded.clear()
+            self._decoded_bytes = 0
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Pixel bytes of the decoded images kept in memory (:meth:`keep_decoded`)."""
+        return self._decoded_bytes
+
+    def _decode(self, position: int, path: str) -> Image.Image:
+        image = self._decoded.get(position)
+        if image is None:
+            image = self.loader(path)
+            size = image.width * image.height * len(image.getbands())
+            if self._decoded_bytes + size <= self._decoded_limit:
+                self._decoded[position] = image
+                self._decoded_bytes += size
+        return image
 
     def _probe_channels(self) -> int:
         count = min(len(self.samples), self.PROBE_FILES)
@@ -226,7 +261,7 @@ class FolderDataset(ImageFolder):
             if path in self._bad_paths:
                 continue
             try:
-                image = self.loader(path)
+                image = self._decode(position, path)
             except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
                 if self.bad_images == "fail":
                     raise CorruptDatasetError(

@@ -257,6 +257,35 @@ def test_grey_image_folder_has_one_channel(tmp_path, kind):
         np.testing.assert_array_equal(np.asarray(image), written)
 
 
+def test_kept_decoded_images_are_decoded_once_and_serve_the_same_pixels(tmp_path, monkeypatch):
+    root = grey_folder(tmp_path / "grey", GREY_WRITERS["8-bit PNG"], per_class=4)  # 12 files of 9 x 11
+    fresh = load_dataset(str(root), "train", transform=np.asarray)
+    kept = load_dataset(str(root), "train", transform=np.asarray)
+    kept.keep_decoded(5 * 9 * 11)  # room for five of the twelve
+    decoded = []
+    loader = kept.loader
+    monkeypatch.setattr(kept, "loader", lambda path: decoded.append(path) or loader(path))
+    for _ in range(3):  # three epochs
+        for index in range(len(kept)):
+            assert np.array_equal(kept[index][0], fresh[index][0])
+    assert kept.decoded_bytes == 5 * 9 * 11
+    assert len(decoded) == 5 + 3 * 7  # the first five once, the seven beyond the limit every epoch
+    kept.keep_decoded(0)
+    assert kept.decoded_bytes == 0
+    with pytest.raises(ValueError, match="limit_bytes"):
+        kept.keep_decoded(-1)
+
+
+def test_a_skipped_unreadable_file_is_not_kept(tmp_path):
+    root = grey_folder(tmp_path / "grey", GREY_WRITERS["8-bit PNG"])
+    (root / "train" / "a" / "0.png").write_bytes(b"not a png")
+    data = load_dataset(str(root), "train", transform=np.asarray, bad_images="skip")
+    data.keep_decoded(1 << 20)
+    first = [data[i][1] for i in range(len(data))]
+    assert [data[i][1] for i in range(len(data))] == first and data.skipped == 1  # known bad: not retried
+    assert data.decoded_bytes == 8 * 9 * 11
+
+
 def test_one_colour_file_makes_a_folder_rgb(tmp_path):
     root = grey_folder(tmp_path / "mixed", GREY_WRITERS["8-bit PNG"])
     Image.fromarray(np.zeros((9, 11, 3), np.uint8)).save(root / "train" / "b" / "colour.png")
