@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models import adapt_input_conv
 from torch import nn
 
 from deit.checkpoint_hf import HF_FORMAT, hf_folder_of, hf_info, read_hf_folder
@@ -224,12 +225,10 @@ def convert_fb_convnext(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int,
                        old_prefix_tokens: int | None = None, target_prefix: torch.Tensor | None = None
                        ) -> torch.Tensor:
-    """Bicubic resize of the patch rows of a (1, P+N, D) position embedding.
-
-    The prefix rows (class / distillation tokens) are kept. If the source has fewer
-    prefix rows than the target (a non-distilled checkpoint into a DeiT), the missing
-    rows are taken from ``target_prefix``. Matches timm's ``resample_abs_pos_embed``
-    (float32, bicubic, antialias, align_corners=False).
+    """A (1, P+N, D) position embedding for a ``new_grid`` of patches: the patch rows resized
+    by timm's ``resample_abs_pos_embed`` (float32, bicubic, antialias), the prefix rows (class
+    / distillation tokens) kept. If the source has fewer prefix rows than the target (a
+    non-distilled checkpoint into a DeiT), the missing rows are taken from ``target_prefix``.
     """
     old_prefix = num_prefix_tokens if old_prefix_tokens is None else old_prefix_tokens
     prefix, patches = pos_embed[:, :old_prefix], pos_embed[:, old_prefix:]  # (1, P, D), (1, N, D)
@@ -242,25 +241,17 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_p
     if side * side != old_n:
         raise CheckpointError(f"position embedding has {old_n} patch rows, not a square grid")
     if (side, side) != tuple(new_grid):
-        dtype = patches.dtype
-        grid = patches.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
-        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
-        patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(dtype)  # (1, N', D)
+        patches = resample_abs_pos_embed(patches, list(new_grid), [side, side], num_prefix_tokens=0)  # (1, N', D)
     return torch.cat([prefix, patches], dim=1)  # (1, P+N', D)
 
 
 def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """(O, C, k, k) -> (O, in_channels, k, k), as timm's ``adapt_input_conv``: RGB -> grey
-    sums the colour filters; otherwise the filters are tiled and rescaled by C/in_channels
-    so that the response to a constant image keeps its magnitude."""
-    source_channels = weight.shape[1]
-    if source_channels == in_channels:
+    """(O, C, k, k) -> (O, in_channels, k, k) by timm's ``adapt_input_conv``: to grey the
+    colour filters are summed; otherwise they are tiled and rescaled by C/in_channels so
+    that the response to a constant image keeps its magnitude."""
+    if weight.shape[1] == in_channels:
         return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)  # (O, 1, k, k)
-    repeats = -(-in_channels // source_channels)
-    tiled = weight.repeat(1, repeats, 1, 1)[:, :in_channels]  # (O, in_channels, k, k)
-    return tiled * (source_channels / in_channels)
+    return adapt_input_conv(in_channels, weight, base_chans=weight.shape[1])
 
 
 def adapt_patch_weight(value: torch.Tensor, target: torch.Tensor, kernel: int, notes: list[str]) -> torch.Tensor:
