@@ -55,11 +55,12 @@ def test_distillation_token_is_second_and_has_its_own_position_row():
 
 
 def test_tokens_are_truncated_normal_std_002():
-    model = DeiT(**{**SMALL, "d_model": 4096, "encoder_num_heads": 8})
-    for token in (model.cls_token, model.dist_token):
-        assert token.std().item() == pytest.approx(0.02, rel=0.15)
+    models = [DeiT(**SMALL) for _ in range(128)]  # 128 x 32 values per token: the std within ~2.5 %
+    for name in ("cls_token", "dist_token"):
+        values = torch.cat([getattr(model, name).detach().flatten() for model in models])  # (4096,)
+        assert values.std().item() == pytest.approx(0.02, rel=0.15)
         # trunc_normal_(std=0.02) as timm and the official code: bounds at +-2 (absolute)
-        assert token.abs().max().item() <= 2.0 and token.mean().abs().item() < 0.002
+        assert values.abs().max().item() <= 2.0 and values.mean().abs().item() < 0.002
 
 
 def test_eval_outputs_per_return_logits_type():
