@@ -282,9 +282,13 @@ TRAIN_FIELDS = st.fixed_dictionaries({}, optional={
 def valid_train_fields(draw) -> dict:
     epochs = draw(st.integers(1, 10))
     kind = draw(st.sampled_from(["none", "soft", "hard"]))
+    mixup, cutmix = draw(st.floats(0.0, 2.0)), draw(st.sampled_from([0.0, 1.0]))
+    batch = draw(st.integers(1, 512))
+    if mixup > 0 or cutmix > 0:  # Mixup/CutMix pair an image with the batch's reverse: an even batch
+        batch += batch % 2
     return {
-        "epochs": epochs, "warmup_epochs": draw(st.integers(0, epochs - 1)), "batch_size": draw(st.integers(1, 512)),
-        "lr": draw(st.floats(1e-6, 1.0)), "mixup": draw(st.floats(0.0, 2.0)), "smoothing": draw(st.floats(0.0, 1.0)),
+        "epochs": epochs, "warmup_epochs": draw(st.integers(0, epochs - 1)), "batch_size": batch,
+        "lr": draw(st.floats(1e-6, 1.0)), "mixup": mixup, "cutmix": cutmix, "smoothing": draw(st.floats(0.0, 1.0)),
         "scale": tuple(sorted(draw(st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0))))),
         "distillation_type": kind, "teacher_model": None if kind == "none" else "convnext_atto_32",
         "bad_images": draw(st.sampled_from(["fail", "skip"])), "device": draw(st.sampled_from(["auto", "cpu"])),
