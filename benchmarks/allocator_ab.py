@@ -1,18 +1,19 @@
-"""A/B of the glibc allocator settings (``deit.runtime.tune_cpu_allocator``) in separate processes.
+"""A/B of glibc's allocator settings (``deit.train.runtime.ALLOCATOR_ENV``) in separate processes.
 
     .venv/bin/python benchmarks/allocator_ab.py                 # 5 pairs, DeiT-Ti⚗ + ConvNeXt-Atto step, batch 32
     .venv/bin/python benchmarks/allocator_ab.py --pairs 7 --steps 10
 
 Each process times the training step of ``deit benchmark`` (distilled student + frozen
 ConvNeXt teacher + ``DistillationLoss`` hard + our AdamW, fp32) after a few warm-up steps,
-with ``DEIT_MALLOC_TUNING=1`` (tuned) or ``=0`` (the process as Python starts it). Processes
+with glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set as ``ALLOCATOR_ENV`` says
+(tuned) or unset (the process as Python starts it). Processes
 run one at a time, strictly alternating tuned / untuned, so that load from other tenants
 of the machine drifts over both arms alike; each pair gives one ratio
 (untuned step time ÷ tuned step time, > 1 means the tuning is faster) and the verdict is
 their median. Per process it also reports the process's CPU time per step (user + kernel,
 all threads: less sensitive than wall-clock time to other tenants taking the cores), and
 minor page faults and kernel time per step, the two numbers the tuning is meant to change
-(see ``deit/runtime.py``).
+(see ``deit/train/runtime.py``).
 """
 from __future__ import annotations
 
@@ -27,16 +28,12 @@ import time
 
 
 def worker(args: argparse.Namespace) -> None:
-    from deit import runtime
-
-    tuned = runtime.tune_cpu_allocator()  # first, before any large allocation, as the CLI entry points do
-
     import torch
     from timm.loss import LabelSmoothingCrossEntropy
 
-    from deit.losses import DistillationLoss
+    from deit.distill.losses import DistillationLoss
     from deit.models import create_model
-    from deit.optim import build_optimizer
+    from deit.train.optim import build_optimizer
 
     torch.manual_seed(0)
     student = create_model(args.model)
@@ -65,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)  # user + kernel time of all threads
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps(dict(tuned=tuned, step_s=statistics.median(times), times_s=times,
+    print(json.dumps(dict(step_s=statistics.median(times), times_s=times,
                           cpu_s=statistics.median(cpu_times), cpu_times_s=cpu_times,
                           minor_faults_per_step=(after.ru_minflt - before.ru_minflt) / args.steps,
                           kernel_s_per_step=(after.ru_stime - before.ru_stime) / args.steps,
@@ -73,14 +70,15 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace, tuning: bool) -> dict:
-    env = dict(os.environ, DEIT_MALLOC_TUNING="1" if tuning else "0")
+    from deit.train.runtime import ALLOCATOR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    if tuning:
+        env.update(ALLOCATOR_ENV)
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--teacher", args.teacher,
            "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    if result["tuned"] != tuning:
-        raise SystemExit(f"the process with DEIT_MALLOC_TUNING={env['DEIT_MALLOC_TUNING']} reported tuned="
-                         f"{result['tuned']} (not glibc?): no A/B possible here")
     return result
 
 

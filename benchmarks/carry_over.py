@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deit.cli.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR, distillation_label
 from deit.data import load_dataset
 from deit.data.datasets import stratified_indices
-from deit.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR, distillation_label
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))

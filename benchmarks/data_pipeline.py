@@ -22,16 +22,15 @@ import time
 
 import torch
 
-from deit import distributed
-from deit.config import load_config
-from deit.engine import _split_outputs
-from deit.losses import DistillationLoss, build_base_criterion
-from deit.models.deit import DeiT
-from deit.teacher import load_teacher
-from deit.optim import build_optimizer
-from deit.runtime import tune_cpu_allocator
 from deit.data import build_loader
-from deit.train import build_data, build_model
+from deit.distill.losses import DistillationLoss, build_base_criterion
+from deit.distill.teachers import load_teacher
+from deit.models.deit import DeiT
+from deit.train import distributed
+from deit.train.engine import _split_outputs
+from deit.train.optim import build_optimizer
+from deit.train.run import build_data, build_model
+from deit.train.settings import load_config
 
 
 def main() -> None:
@@ -39,7 +38,6 @@ def main() -> None:
     parser.add_argument("config", help="a deit train YAML config (its teacher checkpoint may be absent)")
     parser.add_argument("--batches", type=int, default=60)
     args = parser.parse_args()
-    tune_cpu_allocator()
     config = load_config(args.config, {"progress": False})
     train_loader, _, classes, data = build_data(config, distributed.detect())
 
@@ -61,8 +59,8 @@ def main() -> None:
             teacher = load_teacher(config.teacher_model, num_classes=len(classes), in_channels=data["in_channels"],
                                    image_size=data["image_size"], checkpoint=config.teacher_checkpoint)
         except Exception:  # noqa: BLE001 - speed only: random weights cost the same
-            from deit.factory import create_model
-            from deit.teacher import resolve_teacher_name
+            from deit.distill.teachers import resolve_teacher_name
+            from deit.weights.factory import create_model
 
             name = resolve_teacher_name(config.teacher_model, data["image_size"])
             teacher = create_model(name, num_classes=len(classes), in_channels=data["in_channels"])

@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deit.config import load_config
-from deit.demo import CONTROL, RECIPE, STUDENT, TEACHER, TEACHER_LR, teacher_amp
-from deit.fileio import atomic_write, write_text_atomic
-from deit.train import train
+from deit.cli.demo import CONTROL, RECIPE, STUDENT, TEACHER, TEACHER_LR, teacher_amp
+from deit.core.fileio import atomic_write, write_text_atomic
+from deit.train.run import train
+from deit.train.settings import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)

@@ -3,7 +3,7 @@
 The checkpoint's own validation set (its ``data_config``: Fashion-MNIST's 10,000 test
 images for a model trained by ``deit demo`` or ``scripts/fashion_results.py``) goes through
 the fp32 model in PyTorch and through the file ``deit export --quantize int8`` writes
-(ONNX Runtime, :mod:`deit.quantize`), with the same preprocessing. Printed: top-1 of
+(ONNX Runtime, :mod:`deit.deploy.quantize`), with the same preprocessing. Printed: top-1 of
 each, the change, how often the two top-1s agree and the largest logit difference.
 
     .venv/bin/python benchmarks/int8_accuracy.py runs/fashion/student_hard/seed0/best.pth
@@ -28,10 +28,10 @@ def measure(checkpoint: str | Path, *, data_dir: str | None = None, batch_size: 
     import onnxruntime as ort
 
     from deit.data import build_transform, load_dataset
-    from deit.export import ExportHead, export_model
-    from deit.inference import load_for_inference
-    from deit.preprocessing import PREPROCESSING_KEYS
-    from deit.quantize import compare_int8
+    from deit.deploy.export import ExportHead, export_model
+    from deit.deploy.predict import load_for_inference
+    from deit.deploy.preprocessing import PREPROCESSING_KEYS
+    from deit.deploy.quantize import compare_int8
 
     model, meta = load_for_inference(checkpoint)
     head = ExportHead(model).eval()

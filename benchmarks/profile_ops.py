@@ -14,8 +14,7 @@ import resource
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from deit.benchmark import same_weights
-from deit.runtime import tune_cpu_allocator
+from deit.bench.harness import same_weights
 
 
 def _logits_pair(model, x):
@@ -41,10 +40,7 @@ def main() -> None:
     parser.add_argument("--train-model", default="deit_tiny_distilled_patch16_224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows", type=int, default=15)
-    parser.add_argument("--tune-allocator", action="store_true", help="apply deit.runtime's allocator settings first")
     args = parser.parse_args()
-    if args.tune_allocator:
-        tune_cpu_allocator(enabled=True)
     torch.manual_seed(0)
     impls = same_weights(args.inference_model, with_hf=False)[0]
     model, size = impls[args.impl].eval(), impls["ours"].image_size

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deit.fileio import write_text_atomic
+from deit.core.fileio import write_text_atomic
 
 
 def load_results(path: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from deit.benchmark import timm_equivalent
+from deit.bench.harness import timm_equivalent
 from deit.data.datasets import load_dataset
 from deit.models import create_model
 

@@ -1,9 +1,9 @@
 """The sweep behind ``deit train --recipe small-data``: one factor at a time, fixed wall clock.
 
-Every row is a real ``deit.train.train`` run on Fashion-MNIST (the product's data path,
+Every row is a real ``deit.train.run.train`` run on Fashion-MNIST (the product's data path,
 model, loss and schedule), distilled from one shared CNN teacher (``resnet14_32``, trained
 first by the recipe with the CNN learning rate of ``deit demo``). Each row changes one
-setting of its stage's base (the shipped recipe ``deit/recipes/small-data.yaml`` plus the
+setting of its stage's base (the shipped recipe ``deit/train/recipes/small-data.yaml`` plus the
 stage's own values) and gets the stage's wall-clock budget: a calibration run measures
 that row's training images/s (the second of two short epochs), and the row trains for as
 many epochs as fit in the budget (at least one), so a setting that makes each step slower
@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
-from deit.config import load_config
-from deit.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR
-from deit.fileio import write_text_atomic
-from deit.run_log import read_metrics
-from deit.runtime import native_cpu_bf16
-from deit.train import train
+from deit.cli.demo import CONTROL, STUDENT, TEACHER, TEACHER_LR
+from deit.core.fileio import write_text_atomic
+from deit.train.run import train
+from deit.train.run_log import read_metrics
+from deit.train.runtime import native_cpu_bf16
+from deit.train.settings import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)

@@ -33,12 +33,13 @@ from typing import Any
 
 import torch
 
-from deit.config import load_config
-from deit.demo import TEACHER, TEACHER_LR
-from deit.fileio import write_text_atomic
-from deit.train import train
+from deit.cli.demo import TEACHER, TEACHER_LR
+from deit.core.fileio import write_text_atomic
+from deit.train.run import train
+from deit.train.settings import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_size_curve import settings as curve_settings  # noqa: E402
 from results_store import load_results, record_result  # noqa: E402  (benchmarks/ is not a package)
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +70,7 @@ class Stage:
     about: str
     base: dict[str, Any]
     rows: list[Row]
+    subset: int | None = None  # a class-stratified subset (drawn by the row's seed) with its own teacher
 
 
 STAGES: dict[str, Stage] = {
@@ -98,13 +100,30 @@ STAGES: dict[str, Stage] = {
         "distillation), the control without a teacher; one teacher (seed 0) for every seed",
         {},
         [Row("control", "pico-stem8", False), Row("DeiT⚗ (recipe)", "pico-stem8", True)]),
+    "views": Stage(
+        "views on a small folder: 3,000 images (class-stratified, seed 0) get 82 epochs from the recipe's budget; "
+        "whole images against random-resized crops and RandAugment, distilled from the teacher the data-size "
+        "curve trains on the same subset (whole images, bf16 where native); each view setting has its own control. "
+        "The whole-image rows are the settings of the curve's 3,000-image seed-0 runs. Wall times: the crops rows "
+        "ran beside test runs (not comparable)",
+        {},
+        [Row("whole control", "pico-stem8", False, dict(scale=[1.0, 1.0])),
+         Row("whole soft tau 3 alpha 0.9", "pico-stem8", True, dict(scale=[1.0, 1.0])),
+         Row("crops control", "pico-stem8", False, dict(scale=[0.5, 1.0])),
+         Row("crops soft tau 3 alpha 0.9", "pico-stem8", True, dict(scale=[0.5, 1.0])),
+         Row("crops hard", "pico-stem8", True, dict(scale=[0.5, 1.0], distillation_type="hard",
+                                                     distillation_alpha=0.5)),
+         Row("randaug control", "pico-stem8", False, dict(scale=[0.5, 1.0], auto_augment="rand-m6-mstd0.5")),
+         Row("randaug soft tau 3 alpha 0.9", "pico-stem8", True,
+             dict(scale=[0.5, 1.0], auto_augment="rand-m6-mstd0.5"))],
+        subset=3000),
 }
 
 
 def row_settings(stage: Stage, row: Row, teacher: Path, seed: int) -> dict[str, Any]:
     control, distilled = STUDENTS[row.student]
     settings: dict[str, Any] = dict(recipe="small-data", dataset="fashion-mnist", seed=seed, progress=False,
-                                    **stage.base)
+                                    train_subset=stage.subset, **stage.base)
     if row.teacher:
         settings.update(model=distilled, teacher_model=TEACHER, teacher_checkpoint=str(teacher))
     else:
@@ -120,6 +139,15 @@ def train_teacher(work: Path, epochs: int) -> Path:
         train(load_config(None, dict(recipe="small-data", dataset="fashion-mnist", model=TEACHER, lr=TEACHER_LR,
                                      epochs=epochs, seed=0, output=str(out), progress=False,
                                      resume=(out / "last.pth").is_file())))
+    return out / "best.pth"
+
+
+def train_subset_teacher(work: Path, size: int, seed: int) -> Path:
+    """A teacher trained on a stage's subset (which ``seed`` draws): the data-size curve's teacher run."""
+    values = curve_settings("teacher", size, seed, work / "curve")
+    out = Path(values["output"])
+    if not (out / "summary.json").is_file():
+        train(load_config(None, dict(values, resume=(out / "last.pth").is_file())))
     return out / "best.pth"
 
 
@@ -184,7 +212,8 @@ def main() -> None:
     args = parser.parse_args()
     results = load_results(RESULTS)
     if not args.table_only:
-        teacher = train_teacher(args.work, args.teacher_epochs)
+        subset = STAGES[args.stage].subset
+        shared = train_teacher(args.work, args.teacher_epochs) if subset is None else None
         done = results.get(args.stage, {})
         for row in STAGES[args.stage].rows:
             for seed in args.seeds:
@@ -192,6 +221,7 @@ def main() -> None:
                 if (args.rows and row.name not in args.rows) or (key in done and not args.rerun):
                     continue
                 print(f"== {args.stage}: {key}", flush=True)
+                teacher = shared or train_subset_teacher(args.work, subset, seed)
                 row_result = run_row(args.stage, row, seed, teacher, args.work)
                 print(json.dumps({k: v for k, v in row_result.items() if k != "settings"}), flush=True)
                 results = record_result(RESULTS, (args.stage, key), row_result)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from deit.config import load_config
-from deit.demo import TEACHER_LR
-from deit.fileio import write_text_atomic
+from deit.cli.demo import TEACHER_LR
+from deit.core.fileio import write_text_atomic
 from deit.models.registry import build_model
-from deit.run_log import read_metrics
-from deit.train import train
+from deit.train.run import train
+from deit.train.run_log import read_metrics
+from deit.train.settings import load_config
 
 HERE = Path(__file__).resolve().parent
 TEACHERS = ("resnet8_32", "resnet14_32", "resnet20_32", "resnet14w2_32", "resnet8w4_32", "convnext_atto_32")

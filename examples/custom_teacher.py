@@ -1,5 +1,5 @@
 """A user-defined teacher: any ``nn.Module`` passed as ``DeiT(..., teacher_model_name=module)``,
-and a hand-written distillation loop with ``deit.losses.DistillationLoss``.
+and a hand-written distillation loop with ``deit.distill.losses.DistillationLoss``.
 
 What it shows:
 
@@ -53,7 +53,7 @@ from torch import nn
 
 import deit
 from deit import DeiT
-from deit.losses import DistillationLoss
+from deit.distill.losses import DistillationLoss
 
 
 class SmallCNN(nn.Module):

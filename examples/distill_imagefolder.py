@@ -3,16 +3,16 @@ student with hard distillation from it (paper §4), then evaluation and predicti
 
 What it shows:
 
-1. ``deit.train.train(deit.config.load_config(None, {...}))`` — one settings dict per run
-   (every key is a field of ``deit.config.TrainConfig`` and a flag of ``deit train``) — first
+1. ``deit.train.run.train(deit.train.settings.load_config(None, {...}))`` — one settings dict per run
+   (every key is a field of ``deit.train.settings.TrainConfig`` and a flag of ``deit train``) — first
    for the teacher, ``convnext_atto_32`` by default;
 2. the same call for the student, ``deit_pico_distilled_patch4_32`` by default, with
    ``teacher_model`` + ``teacher_checkpoint`` (the teacher run's ``best.pth``) and
    ``distillation_type="hard"``: the class head learns from the labels, the distillation
    head from the teacher's argmax;
-3. ``deit.inference.evaluate_checkpoint`` on the student's ``best.pth`` (top-1 of the class
+3. ``deit.deploy.predict.evaluate_checkpoint`` on the student's ``best.pth`` (top-1 of the class
    head, the distillation head and their fusion; writes a confusion matrix PNG and a JSON
-   next to the checkpoint) and ``deit.inference.Predictor`` on two validation images.
+   next to the checkpoint) and ``deit.deploy.predict.Predictor`` on two validation images.
 
 The data is an image folder as torchvision's ``ImageFolder``: ``ROOT/train/<class>/*.png``
 and ``ROOT/val/<class>/*.png`` (the same class folders in both). With ``--make-demo-folder``
@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deit.config import load_config
-from deit.inference import Predictor, evaluate_checkpoint
-from deit.train import train
+from deit.deploy.predict import Predictor, evaluate_checkpoint
+from deit.train.run import train
+from deit.train.settings import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

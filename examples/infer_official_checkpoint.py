@@ -6,9 +6,9 @@ What it shows:
    (facebookresearch/deit: a ``.pth`` holding ``{"model": state_dict}`` in timm's layout),
    a plain timm state dict or an HF transformers DeiT file, and writes it in this
    library's format, recording the architecture;
-2. ``deit.inference.load_for_inference`` rebuilds the model from the converted file alone
+2. ``deit.deploy.predict.load_for_inference`` rebuilds the model from the converted file alone
    (no architecture to repeat), in eval mode;
-3. ``deit.inference.Predictor.from_checkpoint`` prints the top-5 ImageNet classes of each
+3. ``deit.deploy.predict.Predictor.from_checkpoint`` prints the top-5 ImageNet classes of each
    image. The converted file carries no preprocessing of its own, so the variant's published
    configuration applies (``deit.get_pretrained_cfg``: ImageNet mean/std, bicubic resize to
    size / crop_pct, centre crop — crop_pct 0.9 for DeiT-Ti⚗, as timm's ``_cfg``), and the
@@ -45,9 +45,10 @@ import torch
 from PIL import Image
 
 import deit
-from deit.checkpoint import extract_state_dict, read_checkpoint
 from deit.data import load_image
-from deit.inference import Predictor, load_for_inference
+from deit.deploy.predict import Predictor, load_for_inference
+from deit.weights.layouts import extract_state_dict, read_checkpoint
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,7 +19,7 @@ def _weights_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed_and_isolate(monkeypatch, _weights_cache):
     """Fixed seed per test; no checkpoint directory leaks in from the environment; published
-    weights are never fetched from the internet (tests/test_hub.py lifts DEIT_OFFLINE to
+    weights are never fetched from the internet (tests/weights/test_hub.py lifts DEIT_OFFLINE to
     download from its own 127.0.0.1 server) and the user's cache is never touched."""
     torch.manual_seed(0)
     monkeypatch.delenv("DEIT_CHECKPOINT_DIR", raising=False)
@@ -29,13 +28,6 @@ def _seed_and_isolate(monkeypatch, _weights_cache):
     monkeypatch.setenv("DEIT_OFFLINE", "1")
 
 
-def perturb_(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
-    """Add noise to every parameter (so LayerNorm weights, biases and tokens are not at
-    their trivial init values) — equivalence tests then exercise every weight."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return module
 
 
 # --- one trained run, shared by every module that needs a finished training run -------------
@@ -55,7 +47,7 @@ def trained_run(tmp_path_factory) -> Path:
     """The directory of a finished ``deit train`` run (``TRAINED_RUN_FLAGS``): ``best.pth``,
     ``last.pth``, ``config.yaml``, ``metrics.csv``, ``summary.json``. Built once per session
     through the CLI; read it, never write to it: a test that runs ``deit train`` on it or
-    changes its files works on ``copy_run(trained_run, tmp_path)``."""
+    changes its files works on ``tests.helpers.copy_run(trained_run, tmp_path)``."""
     from deit.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "run"
@@ -64,11 +56,6 @@ def trained_run(tmp_path_factory) -> Path:
         env.setenv("DEIT_OFFLINE", "1")
         assert main(["train", *TRAINED_RUN_FLAGS, "--output", str(out)]) == 0
     return out
-
-
-def copy_run(run: Path, into: Path) -> Path:
-    """A private copy of a run directory (``into / run.name``) for a test that may change it."""
-    return Path(shutil.copytree(run, into / run.name))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The docs cannot rot (issue 6, item 3): every shell command in README.md and docs/*.md
+"""The docs cannot rot: every shell command in README.md and docs/*.md
 is run here, in the order a reader meets them, in one scratch directory.
 
 A reader brings their own files; the test brings stand-ins: an image folder
@@ -139,7 +139,7 @@ def run_command(command: str, cwd: Path, monkeypatch) -> None:
     words = shlex.split(command)
     if words[0] in ("deit", ".venv/bin/deit"):
         if words[1:2] == ["demo"] and "--smoke" not in words:
-            from deit import demo
+            from deit.cli import demo
 
             tiny = demo.Schedule("tiny (docs test)", 256, 256, 256, dict(recipe=demo.RECIPE, val_subset=256))
             monkeypatch.setattr(demo, "QUICK", tiny)
@@ -197,7 +197,7 @@ def test_every_documented_command_is_known():
 
 
 def test_fashion_configs():
-    from deit.config import load_config
+    from deit.train.settings import load_config
 
     for path in sorted((REPO / "configs" / "fashion").glob("*.yaml")):
         assert load_config(path).dataset == "fashion-mnist", path

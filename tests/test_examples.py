@@ -106,7 +106,7 @@ def _val_tensors(root: Path, data_config: dict) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.slow
 def test_distill_imagefolder_trains_teacher_and_student(tmp_path):
     """~35 s: a digits image folder, ConvNeXt teacher, hard-distilled DeiT, eval of each head, predict."""
-    from deit.inference import load_for_inference
+    from deit.deploy.predict import load_for_inference
 
     data, runs = tmp_path / "digits-folder", tmp_path / "runs"
     out = run_example("distill_imagefolder.py", "--data", str(data), "--make-demo-folder", "--output", str(runs),

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deit.config import load_config, recipe_values
 from deit.data import load_dataset
 from deit.data.datasets import FASHION_MNIST_DIR
+from deit.train.settings import load_config, recipe_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_every_sweep_row_is_a_valid_config_of_the_recipe():
 def test_every_recipe_line_cites_a_sweep_row_that_exists():
     sweep = _script("small_data_sweep")
     rows = {name for stage in sweep.STAGES.values() for name, _ in stage.rows}
-    text = (ROOT / "deit" / "recipes" / "small-data.yaml").read_text()
+    text = (ROOT / "deit" / "train" / "recipes" / "small-data.yaml").read_text()
     cited = re.findall(r"benchmarks/small_data_sweep\.md: ([^(\n]+?)\s*(?:\(|$)", text, flags=re.M)
     search = _script("student_search")
     searched = re.findall(r"benchmarks/student_search\.md: stage (\w+)(?:, row ([^(\n]+?))?\s*(?:\(|$)", text, flags=re.M)

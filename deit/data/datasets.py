@@ -35,10 +35,11 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from deit._validation import check_choice, check_non_negative_int
-from deit.config import BAD_IMAGE_POLICIES
+from deit.core.errors import ConfigError, DeitError
+from deit.core.validation import check_choice, check_non_negative_int
 from deit.data.decode import load_image, stored_channels
-from deit.errors import ConfigError, DeitError
+
+BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
 
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
@@ -526,7 +527,7 @@ def dataset_info(name: str | os.PathLike, dataset: Dataset | None = None) -> Dat
 
 def dataset_fingerprint(dataset: Dataset) -> str:
     """A SHA-256 naming the images and labels of ``dataset``, what a teacher-output cache
-    records (:mod:`deit.teacher_cache`): for an image folder the file list with each file's
+    records (:mod:`deit.distill.cache`): for an image folder the file list with each file's
     class, size and modification time (reading every file would cost as much as an epoch);
     for an in-memory set the content of its arrays; through a ``Subset`` its indices too.
     """

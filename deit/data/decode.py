@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:
-    from deit.errors import ConfigError
+    from deit.core.errors import ConfigError
 except ImportError:  # loaded by its path beside an exported model, where torch (and so deit) is absent
     ConfigError = ValueError
 
@@ -85,7 +85,7 @@ def load_image(path: str | os.PathLike, in_channels: int) -> Image.Image:
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file for a
     directory or a file Pillow cannot decode (truncated, not an image).
     """
-    # spelled out rather than deit._validation.check_choice: onnx_predict may load this module alone
+    # spelled out rather than deit.core.validation.check_choice: onnx_predict may load this module alone
     if in_channels not in _MODES:
         raise ConfigError(f"in_channels={in_channels!r} is not supported; expected one of: 1, 3")
     path = os.fspath(path)

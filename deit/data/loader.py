@@ -26,10 +26,10 @@ from typing import Sized
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from deit._validation import check_non_negative_int, check_positive_int
+from deit.core.errors import ConfigError
+from deit.core.validation import check_non_negative_int, check_positive_int
 from deit.data.replay import ReplayDataset, ReplaySampler
 from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
-from deit.errors import ConfigError
 
 __all__ = ["RA_ROUND", "RA_ROUND_MIN_DATASET", "build_loader", "build_sampler"]
 

@@ -1,6 +1,6 @@
 """A replayable training data path: every random draw is a function of where a sample sits.
 
-A teacher-output cache (:mod:`deit.teacher_cache`) can only stand in for the live teacher
+A teacher-output cache (:mod:`deit.distill.cache`) can only stand in for the live teacher
 if the student sees exactly the views the teacher saw. TinyViT's fast distillation (Wu et
 al. 2022, §3.2; ``microsoft/Cream`` ``TinyViT/data/augmentation``) makes that possible
 by storing each sample's augmentation seed and replaying it; here the seed needs no
@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Callable, Iterator, Sized
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deit._validation import check_non_negative_int, check_positive_int
+from deit.core.validation import check_non_negative_int, check_positive_int
 
 __all__ = ["ReplayDataset", "ReplayMixup", "ReplaySampler", "key_seed", "seeded_rngs"]
 

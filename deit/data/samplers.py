@@ -9,8 +9,8 @@ from typing import Iterator, Sized
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Sampler
 
-from deit._validation import check_non_negative_int, check_positive_int
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_non_negative_int, check_positive_int
 
 __all__ = ["SeededRepeatAugSampler", "ShardSampler"]
 

@@ -20,13 +20,13 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageOps
-from timm.data import create_transform
 from timm.data import auto_augment as timm_auto_augment
+from timm.data import create_transform
 from torchvision import transforms as T
 
-from deit._validation import check_choice, check_positive_int
+from deit.core.errors import ConfigError
+from deit.core.validation import check_choice, check_positive_int, per_channel
 from deit.data.decode import load_image  # every file is decoded there (EXIF, bit depth, channels)
-from deit.errors import ConfigError
 from deit.models.pretrained import INTERPOLATIONS as PIL_INTERPOLATIONS
 from deit.models.pretrained import stats_for_channels  # noqa: F401 (part of deit.data's API)
 
@@ -78,18 +78,6 @@ def _patch_posterize(transform) -> None:
             stack.extend(obj)
 
 
-def _check_stats(name: str, values: Sequence[float], in_channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) == 1 and in_channels == 3:
-        values = values * 3  # grey statistics for a grey source replicated to RGB
-    if len(values) != in_channels:
-        raise ConfigError(f"{name} has {len(values)} entries {values}; expected {in_channels} "
-                          f"(one per input channel; a 1-entry {name} is replicated for in_channels=3)")
-    if name == "std" and min(values) <= 0:
-        raise ConfigError(f"std={values} is invalid; expected every entry > 0")
-    return values
-
-
 def _check_unit(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name}={value!r} is invalid; expected a probability in [0, 1]")
@@ -124,8 +112,8 @@ def build_transform(*, is_train: bool, image_size: int, in_channels: int, mean: 
     check_positive_int("image_size", image_size)
     check_choice("in_channels", in_channels, tuple(_MODES))
     check_choice("interpolation", interpolation, INTERPOLATIONS)
-    mean = _check_stats("mean", mean, in_channels)
-    std = _check_stats("std", std, in_channels)
+    mean = per_channel(mean, in_channels, name="mean")
+    std = per_channel(std, in_channels, name="std", positive=True)
     convert = ConvertMode(_MODES[in_channels])
     if not is_train:
         if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:

@@ -8,7 +8,7 @@ from deit.models.vit import ViT
 
 # The factory (weights from files) sits above the registry; re-exported here after the
 # registry is complete so that ``from deit.models import create_model`` keeps working.
-from deit.factory import create_model  # noqa: E402
+from deit.weights.factory import create_model  # noqa: E402
 
 __all__ = ["ViT", "DeiT", "ConvNeXt", "ResNet", "create_model", "list_models", "register_model",
            "get_pretrained_cfg", "PretrainedCfg", "WeightFile", "class_names"]

@@ -4,7 +4,7 @@ State-dict keys are timm's (``stem.0``, ``stages.i.downsample.1``,
 ``stages.i.blocks.j.conv_dw`` / ``.norm`` / ``.mlp.fc1`` / ``.mlp.fc2`` / ``.gamma``,
 ``head.norm``, ``head.fc``). The block MLP is always computed channels-last with
 ``nn.Linear``; timm's small variants (atto…nano, ``conv_mlp=True``) store those weights as
-1x1 convolutions, which :func:`deit.checkpoint.adapt_state_dict` reshapes at load time.
+1x1 convolutions, which :func:`deit.weights.layouts.adapt_state_dict` reshapes at load time.
 
 ``stem_stride`` is the stem's patch size: 4 in the paper (for 224 px images); the
 ``*_32`` variants of the registry use 2 so that 28–32 px images keep a spatial extent
@@ -18,13 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit._validation import (
-    check_image_values,
-    check_non_negative_int,
-    check_positive_int,
-    check_probability,
-)
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_image_values, check_non_negative_int, check_positive_int, check_probability
 from deit.models.layers import DropPath, linear_drop_path_rates
 
 

@@ -26,12 +26,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from deit._validation import check_choice
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_choice
+from deit.models.outputs import RETURN_LOGITS_TYPES, Heads, StudentTeacher
 from deit.models.teacher_output import TeacherRef, teacher_logits
 from deit.models.vit import ViT
-
-RETURN_LOGITS_TYPES = ("classification", "distillation", "fusion")
 
 
 class DeiT(ViT):
@@ -45,7 +44,7 @@ class DeiT(ViT):
             head) or ``"fusion"`` (mean of both heads' logits).
         teacher_model_name: the teacher used by :meth:`forward`: a registered model name
             (``deit.list_models()``), ``"ConvNeXt"`` (default ConvNeXt variant, see
-            :func:`deit.teacher.resolve_teacher_name`), ``"timm:<name>"``, an
+            :func:`deit.distill.teachers.resolve_teacher_name`), ``"timm:<name>"``, an
             ``nn.Module`` to use as it is, or ``None`` for a student-only model.
         teacher_checkpoint: explicit path of the teacher's weights.
         checkpoint_dir: directory searched for ``<teacher name>.safetensors`` / ``.pth``
@@ -127,42 +126,36 @@ class DeiT(ViT):
     def _head_in_features(self) -> int:
         return self.embed_dim  # linear heads (classifier_mlp_d is ignored)
 
-    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, N+2, D) -> ``(cls_logits, dist_logits)`` whatever the mode (for evaluation
-        of each head and of their fusion in one pass)."""
+    def forward_heads(self, x: torch.Tensor) -> Heads:
+        """Tokens (B, N+2, D) -> :class:`~deit.models.outputs.Heads` ``(cls, dist)`` whatever the
+        mode (each head and their fusion in one pass)."""
         cls_logits = self.head(self.head_drop(x[:, 0]))  # (B, K)
         dist_logits = self.head_dist(self.head_drop(x[:, 1]))  # (B, K)
-        return cls_logits, dist_logits
+        return Heads(cls_logits, dist_logits)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens (B, N+2, D) -> logits.
 
-        Training mode: ``(cls_logits, dist_logits)``, each (B, num_classes).
+        Training mode: :class:`~deit.models.outputs.Heads` ``(cls, dist)``, each (B, num_classes).
         Eval mode: the (B, num_classes) tensor chosen by ``return_logits_type``.
         ``pre_logits=True``: mean of the two normalised tokens (B, D), as timm.
         """
         if pre_logits:
             return (x[:, 0] + x[:, 1]) / 2  # (B, D)
-        cls_logits, dist_logits = self.forward_heads(x)
-        if self.training:
-            return cls_logits, dist_logits
-        if self._return_logits_type == "classification":
-            return cls_logits
-        if self._return_logits_type == "distillation":
-            return dist_logits
-        return (cls_logits + dist_logits) / 2  # fusion, (B, K)
+        heads = self.forward_heads(x)
+        return heads if self.training else heads.select(self._return_logits_type)
 
     # --- seed API ---------------------------------------------------------------------
     def student_model(self, x: torch.Tensor):
         """Student forward pass; see :meth:`forward_head` for what it returns."""
         return self.forward_head(self.forward_features(x))
 
-    def forward(self, x: torch.Tensor):
-        """Returns ``(student_out, teacher_out)``; ``teacher_out`` is ``None`` without a
-        teacher and otherwise carries no gradient."""
+    def forward(self, x: torch.Tensor) -> StudentTeacher:
+        """Returns :class:`~deit.models.outputs.StudentTeacher` ``(student, teacher)``;
+        ``teacher`` is ``None`` without a teacher and otherwise carries no gradient."""
         student = self.student_model(x)
         teacher = self.teacher_forward(x) if self.teacher is not None else None
-        return student, teacher
+        return StudentTeacher(student, teacher)
 
     # --- teacher ----------------------------------------------------------------------
     @property
@@ -207,10 +200,10 @@ class DeiT(ViT):
         The checkpoint is ``checkpoint`` if given, else ``teacher_checkpoint``, else
         ``<name>.safetensors`` / ``<name>.pth`` in ``checkpoint_dir`` or
         ``$DEIT_CHECKPOINT_DIR``. A missing or mismatching file raises
-        :class:`deit.checkpoint.CheckpointError` naming the path(s) tried.
+        :class:`deit.weights.layouts.CheckpointError` naming the path(s) tried.
         """
         # the one call from a model up to the file layer: the seed API loads the teacher itself
-        from deit.teacher import load_teacher
+        from deit.distill.teachers import load_teacher
 
         if not isinstance(self.teacher_model_name, str):
             raise ConfigError("loadTeacherModel() needs teacher_model_name to be a model name; "

@@ -2,7 +2,7 @@
 
 Parameter names follow timm / the official DeiT code (``patch_embed.proj``,
 ``blocks.i.attn.qkv``, ``blocks.i.mlp.fc1`` …) so that official checkpoints load
-with at most a load-time filter (:mod:`deit.checkpoint`), never a change here.
+with at most a load-time filter (:mod:`deit.weights.layouts`), never a change here.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deit._validation import check_choice, check_image_values
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_choice, check_image_values
 
 PATCHIFY_TECHNIQUES = ("linear", "convolutional", "conv_stem")
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import per_channel
 
 # resize filters a configuration may name: PIL's (timm's str_to_interp_mode, HF's resample)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
@@ -214,9 +215,4 @@ def stats_for_channels(values: Any, channels: int) -> tuple[float, ...]:
     """Normalisation statistics (one value or one per channel) for ``channels`` input
     channels: grey statistics replicated for RGB input, RGB statistics averaged for grey
     input — what a model trained on one kind of image is fed when given the other."""
-    values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
-    if len(values) == channels:
-        return values
-    if len(values) == 1:
-        return values * channels
-    return (sum(values) / len(values),) * channels
+    return per_channel(values, channels, name="statistics", mismatch="average")

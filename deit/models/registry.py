@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
 from deit.models.convnext import ConvNeXt
 from deit.models.deit import DeiT
 from deit.models.pretrained import PretrainedCfg, pretrained_cfg_names
@@ -141,7 +141,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """The registered variant ``name`` with random weights; ``kwargs`` are constructor
     arguments or their timm names (:func:`resolve_timm_kwargs`). Loading weights is
-    :func:`deit.factory.create_model`'s."""
+    :func:`deit.weights.factory.create_model`'s."""
     check_model_name(name)
     model = _MODELS[name](**resolve_timm_kwargs(name, kwargs))
     model.model_name = name

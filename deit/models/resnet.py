@@ -33,13 +33,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from deit._validation import (
-    check_image_values,
-    check_non_negative_int,
-    check_positive_int,
-    check_probability,
-)
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_image_values, check_non_negative_int, check_positive_int, check_probability
 from deit.models.layers import DropPath, linear_drop_path_rates
 
 

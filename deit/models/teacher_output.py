@@ -2,8 +2,8 @@
 
 Three consumers need the teacher's logits for a batch — the student's forward
 (:meth:`deit.models.deit.DeiT.teacher_forward`), the loss of a single-head student
-(:class:`deit.losses.DistillationLoss`) and the teacher agreement of
-:func:`deit.engine.evaluate` — and all of them call :func:`teacher_logits`:
+(:class:`deit.distill.losses.DistillationLoss`) and the teacher agreement of
+:func:`deit.train.engine.evaluate` — and all of them call :func:`teacher_logits`:
 
 * the teacher always runs in eval mode under ``torch.inference_mode`` (it is frozen; the
   paper's teacher is a fixed, pre-trained network), and the result is cloned out of
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
 
 # ITU-R BT.601 luma, the weights of Pillow's RGB -> "L" conversion, used when grey image
 # files are decoded for a 1-channel model (deit.data.load_image)

@@ -17,13 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deit._validation import (
-    check_divisible,
-    check_non_negative_int,
-    check_positive_int,
-    check_probability,
-)
-from deit.errors import ConfigError
+from deit.core.errors import ConfigError
+from deit.core.validation import check_divisible, check_non_negative_int, check_positive_int, check_probability
 from deit.models.layers import Block, PatchEmbed, linear_drop_path_rates
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deit import ConvNeXt, create_model
-from deit.teacher import resolve_teacher_name
+from deit.distill.teachers import resolve_teacher_name
 
 
 def test_timm_key_layout():

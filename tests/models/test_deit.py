@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from deit import CheckpointError, ConvNeXt, DeiT, MissingCheckpointError, create_model, save_model
-from tests.conftest import perturb_
+from tests.helpers import perturb_
 
 SMALL = dict(num_classes=6, d_model=32, image_size=16, patch_size=4, encoder_mlp_d=64,
              encoder_num_heads=4, num_encoder_blocks=2)

@@ -1,17 +1,20 @@
 """The speed paths: the no-grad block fast path computes the same function as the plain
-code; ``--amp`` with bf16 autocasts only where the CPU has bf16 units; the allocator
-settings follow ``DEIT_MALLOC_TUNING``."""
+code; ``--amp`` with bf16 autocasts only where the CPU has bf16 units; the allocator's
+environment variables do what the docs say."""
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from deit import runtime
-from deit.engine import Amp, evaluate, train_one_epoch
-from deit.losses import DistillationLoss
+from deit.distill.losses import DistillationLoss
 from deit.models import layers
-from deit.factory import create_model
+from deit.train import runtime
+from deit.train.engine import Amp, evaluate, train_one_epoch
+from deit.weights.factory import create_model
 
 
 def _plain(model, x):
@@ -57,10 +60,10 @@ def test_bf16_amp_autocasts_only_on_a_cpu_with_bf16_units(monkeypatch, caplog, n
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
     monkeypatch.setattr(runtime, "_bf16_fallback_reported", False)
     cpu = torch.device("cpu")
-    with caplog.at_level(logging.WARNING, logger="deit.runtime"):
+    with caplog.at_level(logging.WARNING, logger="deit.train.runtime"):
         amp = Amp.for_device(True, torch.bfloat16, cpu)
         assert Amp.for_device(True, torch.bfloat16, cpu) == amp  # a second run in the process: no new warning
-    warnings = [r.getMessage() for r in caplog.records if r.name == "deit.runtime"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "deit.train.runtime"]
     if native:
         assert amp.enabled and not warnings
     else:
@@ -89,37 +92,30 @@ def test_fp16_and_disabled_amp_are_left_as_asked(monkeypatch):
     assert runtime.resolve_amp(True, torch.bfloat16, torch.device("cuda")) is True  # CUDA decides for itself
 
 
-@pytest.mark.parametrize("default", [False, True])
-def test_allocator_tuning_follows_the_setting_once(monkeypatch, default):
-    """``DEIT_MALLOC_TUNING=1`` calls glibc's ``mallopt`` once, ``=0`` never, unset follows
-    ``TUNING_DEFAULT`` (a stand-in C library here, so that this test process keeps its
-    allocator); without ``mallopt`` (musl, macOS) nothing is tuned."""
-    calls = []
+_MAPPED = """
+import ctypes, numpy as np
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+a = np.ones(8 << 20)  # 64 MiB: above glibc's default mmap threshold
+print(libc.mallinfo2().hblkhd >> 20)  # MiB held in mmap'ed chunks
+"""
 
-    class Glibc:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return 1
 
-    monkeypatch.setattr(runtime, "_libc", Glibc)
-    monkeypatch.setattr(runtime, "TUNING_DEFAULT", default)
-    for setting, expected in ((None, default), ("", default), ("0", False), ("1", True)):
-        monkeypatch.setattr(runtime, "_applied", False)
-        calls.clear()
-        if setting is None:
-            monkeypatch.delenv("DEIT_MALLOC_TUNING", raising=False)
-        else:
-            monkeypatch.setenv("DEIT_MALLOC_TUNING", setting)
-        assert runtime.tune_cpu_allocator() is expected and runtime.tune_cpu_allocator() is expected
-        assert runtime.cpu_allocator_tuned() is expected
-        assert calls == ([(runtime.M_MMAP_THRESHOLD, runtime.MMAP_THRESHOLD),
-                          (runtime.M_TRIM_THRESHOLD, runtime.TRIM_THRESHOLD)] if expected else [])
-    monkeypatch.setattr(runtime, "_applied", False)
-    monkeypatch.setenv("DEIT_MALLOC_TUNING", "0")
-    assert runtime.tune_cpu_allocator(enabled=True) is True  # the benchmark prices the settings whatever the setting
-    monkeypatch.setattr(runtime, "_applied", False)
-    monkeypatch.setattr(runtime, "_libc", lambda: None)
-    assert runtime.tune_cpu_allocator(enabled=True) is False
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's environment variables")
+def test_the_documented_allocator_variables_keep_activations_in_the_heap():
+    """``runtime.ALLOCATOR_ENV`` (docs/training.md): a 64 MiB buffer comes from the heap, where a
+    freed one is reused, instead of a fresh mapping that is faulted in and zeroed each time."""
+    plain = {k: v for k, v in os.environ.items() if k not in runtime.ALLOCATOR_ENV}
+    mapped = {}
+    for name, env in (("default", plain), ("tuned", dict(plain, **runtime.ALLOCATOR_ENV))):
+        out = subprocess.run([sys.executable, "-c", _MAPPED], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"no glibc mallinfo2 here: {out.stderr.strip().splitlines()[-1]}")
+        mapped[name] = int(out.stdout)
+    assert mapped == {"default": 64, "tuned": 0}
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from timm.data import ImageNetInfo, resolve_data_config
 
 from deit import MissingCheckpointError, create_model, get_pretrained_cfg, list_models
 from deit.models.pretrained import class_names
-from tests.conftest import perturb_
+from tests.helpers import perturb_
 
 OFFICIAL = [n for n in list_models() if n.startswith("deit_") and "patch16" in n]
 CONVNEXT = [n for n in list_models() if n.startswith("convnext_") and not n.endswith("_32")]

@@ -12,7 +12,7 @@ from torch import nn
 
 from deit import ResNet, build_from_checkpoint, create_model, list_models, save_model
 from deit.models.registry import model_family
-from tests.conftest import perturb_
+from tests.helpers import perturb_
 
 RESNETS = [n for n in list_models() if model_family(n) == "resnet"]
 SHAPES = {"resnet8_32": ((16, 32, 64), (1, 1, 1)), "resnet14_32": ((16, 32, 64), (2, 2, 2)),
@@ -137,7 +137,8 @@ def test_stochastic_depth_rates_and_train_mode_only():
 
 
 def test_drop_path_rates_equal_timms():
-    from timm.models.resnet import BasicBlock, ResNet as TimmResNet
+    from timm.models.resnet import BasicBlock
+    from timm.models.resnet import ResNet as TimmResNet
 
     ours = ResNet(widths=(16, 32, 64), depths=(3, 3, 3), drop_path_rate=0.2)
     theirs = TimmResNet(block=BasicBlock, layers=(3, 3, 3), channels=(16, 32, 64), drop_path_rate=0.2)
@@ -147,7 +148,7 @@ def test_drop_path_rates_equal_timms():
 
 
 def test_reset_classifier_get_classifier_and_no_weight_decay():
-    from deit.optim import param_groups
+    from deit.train.optim import param_groups
 
     model = create_model("resnet14_32", num_classes=10)
     assert model.get_classifier() is model.fc and model.no_weight_decay() == set()
@@ -166,7 +167,8 @@ def test_key_layout_is_timms_and_a_timm_resnet_of_the_same_shapes_computes_the_s
     one (64-wide 7x7 stride-2 conv + max pool) and its forward runs layer1..layer4. With that
     stem swapped for ours (3x3, stride 1, no pooling) and layer4 an identity, the two are the
     same network, key for key."""
-    from timm.models.resnet import BasicBlock, ResNet as TimmResNet
+    from timm.models.resnet import BasicBlock
+    from timm.models.resnet import ResNet as TimmResNet
 
     theirs = TimmResNet(block=BasicBlock, layers=(3, 3, 3), channels=(16, 32, 64), num_classes=10)
     ours = perturb_bn_stats_(perturb_(ResNet(num_classes=10, widths=(16, 32, 64), depths=(3, 3, 3),

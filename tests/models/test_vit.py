@@ -6,7 +6,7 @@ import torch
 
 from deit import ViT
 from deit.models.layers import DropPath, LayerScale
-from tests.conftest import perturb_
+from tests.helpers import perturb_
 
 SMALL = dict(num_classes=5, d_model=32, image_size=16, patch_size=4, encoder_mlp_d=64,
              encoder_num_heads=4, num_encoder_blocks=2)
@@ -178,10 +178,12 @@ def test_conv_stem_grid_and_token_count(image_size, patch, grid):
 def _timm_hybrid_vit(image_size: int, patch: int, ours: ViT):
     """timm's hybrid ViT with its ``ConvStem`` set up as Xiao et al.'s stem: stride-2 3x3
     Conv-BN-ReLU steps, then a convolution with bias and no norm (timm's ``vit_base_mci_224`` pattern)."""
+    from functools import partial
+
+    from timm.layers import HybridEmbed
     from timm.models.vision_transformer import VisionTransformer
     from timm.models.vision_transformer_hybrid import ConvStem
-    from timm.layers import HybridEmbed
-    from functools import partial
+
     from deit.models.layers import conv_stem_channels
 
     channels = conv_stem_channels(32, patch)
