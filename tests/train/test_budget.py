@@ -97,7 +97,7 @@ def test_budget_rounds_to_whole_updates_and_keeps_a_cosine_step():
 @pytest.mark.parametrize("settings, message", [
     ({"budget_images": 0}, r"budget_images=0 is invalid; expected a positive integer.*--budget-images"),
     ({"budget_images": -5}, r"budget_images=-5 is invalid.*--budget-images"),
-    ({"budget_images": 1.5e6}, r"budget_images=1500000.0 is invalid; expected int.*--budget-images"),
+    ({"budget_images": 1.5}, r"budget_images=1.5 is invalid; expected an integer.*--budget-images"),
     ({"budget_minutes": 0}, r"budget_minutes=0.0 is invalid; expected minutes of training > 0.*--budget-minutes"),
     ({"budget_minutes": -1.0}, r"budget_minutes=-1.0 is invalid.*--budget-minutes"),
     ({"budget_images": 1000, "budget_minutes": 5}, r"budget_images=1000 and budget_minutes=5.0 both set the run's "
