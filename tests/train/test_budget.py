@@ -386,11 +386,12 @@ def test_crops_leave_a_given_scale_a_resumed_run_and_a_minutes_budget_alone():
     assert tuple(minutes.scale) == (0.08, 1.0)  # epochs unknown before the rate is measured
 
 
-def test_the_small_data_recipe_crops_a_small_folder_and_not_fashion_mnist():
+def test_the_small_data_recipe_crops_a_small_folder_only():
     from deit.train import distributed
     from deit.train.run import settle_views
 
     config = load_config(None, dict(recipe="small-data", dataset="digits", model="deit_pico_patch4_32"))
     env = distributed.DistEnv()
-    assert tuple(settle_views(config, range(8_000), env, log=False).scale) == (0.5, 1.0)  # 30 epochs
+    assert tuple(settle_views(config, range(3_000), env, log=False).scale) == (0.5, 1.0)  # 80 epochs
+    assert tuple(settle_views(config, range(6_000), env, log=False).scale) == (1.0, 1.0)  # 40 epochs: whole images
     assert tuple(settle_views(config, range(60_000), env, log=False).scale) == (1.0, 1.0)  # 4 epochs: whole images
