@@ -21,6 +21,7 @@ minutes (``budget_minutes``, turned into images by a measured rate): see
 """
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 import textwrap
@@ -28,7 +29,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -60,81 +61,234 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12NumbersLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def _recipe_folder():
+    """``deit/train/recipes`` as an ``importlib.resources`` Traversable (a folder, or inside a zip)."""
+    return importlib.resources.files("deit.train") / "recipes"
+
+
+def available_recipes() -> tuple[str, ...]:
+    """Names of the shipped recipes: the ``deit/train/recipes/*.yaml`` files without the suffix."""
+    folder = _recipe_folder()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
+
+
+PAPER_RECIPE = "paper"
+"""The recipe name of the dataclass defaults, the paper's ImageNet recipe (Table 9): no
+file, nothing moved. ``--recipe none`` and ``recipe: null`` written in a --config file
+mean it too (every config.yaml written before runs recorded their recipe says null)."""
+
+
+def recipe_names() -> tuple[str, ...]:
+    """Every value ``recipe`` takes: the shipped recipes and :data:`PAPER_RECIPE`."""
+    return (*available_recipes(), PAPER_RECIPE)
+
+
+SMALL_DATA_MAX_IMAGES = 100_000
+"""Fewer training images than this make a data set small (:func:`recipe_for_data`)."""
+SMALL_DATA_MAX_SIDE = 64
+"""Images of fewer pixels than this on their longer side make a data set small."""
+SMALL_DATA_RECIPE = "small-data"
+
+
+_RECIPE_HELP = ("paper (the paper's ImageNet recipe, Table 9: the defaults; also 'none') or a "
+                "recipe shipped with deit, settings for another regime applied under --config and "
+                "these flags (`deit recipes` describes them: "
+                f"{', '.join(available_recipes())}); without a teacher its distillation settings "
+                "are dropped. Not given: chosen by the data and logged, small-data for fewer than "
+                f"{SMALL_DATA_MAX_IMAGES:,} training images or images under {SMALL_DATA_MAX_SIDE} px "
+                "(every built-in data set), else paper (a --finetune run: paper); config.yaml "
+                "records the choice")
+
+
+def setting(default: Any, group: str, help: str, *, choices: Sequence[str] | None = None, positive: bool = False,
+            within: tuple[float, float] | None = None) -> Any:
+    """A :class:`TrainConfig` field described once: its ``--help`` group (a key of :data:`GROUPS`)
+    and text (a default that is the paper's value says "(paper: …)", Touvron et al. 2021), and the
+    values it takes: one of ``choices``, a ``positive`` integer, or a number ``within`` a closed
+    range (``None`` too where the type allows it). The command-line flags and ``--help``
+    (:func:`add_config_arguments`), the checks (``TrainConfig.validate``) and :data:`HELP` /
+    :data:`CHOICES` are made from it."""
+    return field(default=default, metadata=dict(group=group, help=help, choices=choices, positive=positive,
+                                                within=within))
+
+
 @dataclass
 class TrainConfig:
     # --- model ---------------------------------------------------------------------------
-    model: str = "deit_pico_distilled_patch4_32"
-    num_classes: int | None = None  # None: the data set's
-    image_size: int | None = None  # None: the data set's native size (ImageFolder: the model's)
-    in_channels: int | None = None  # None: the data set's (grey data replicated if 3 is asked)
-    drop_path: float = 0.1
-    finetune: str | None = None  # start from these weights (pos-embed resized, new head if needed)
+    model: str = setting("deit_pico_distilled_patch4_32", "model",
+        "registered architecture of the student (`deit list-models`), e.g. deit_tiny_distilled_patch16_224 (paper"
+        " Table 1)")
+    num_classes: int | None = setting(None, "model", "number of classes; none: the data set's", positive=True)
+    image_size: int | None = setting(None, "model",
+        "input side in pixels; none: the data set's native size (image folders: the model's own, 224 for the "
+        "paper's models)", positive=True)
+    in_channels: int | None = setting(None, "model",
+        "input channels, 1 or 3; none: the data set's (grey data sets and folders of grey images: 1; 3 replicates"
+        " the grey channel)", positive=True)
+    drop_path: float = setting(0.1, "model",
+        "stochastic depth rate, rising linearly over the blocks (paper: 0.1, Table 9)", within=(0.0, 1.0))
+    finetune: str | None = setting(None, "model",
+        "start from these weights: a file (any supported format, docs/models.md), a registered name meaning its "
+        "published weights, or a URL (downloaded into the verified cache); the position embedding is resampled to"
+        " --image-size, a head of another size re-initialised")
     # --- teacher and distillation (paper §4) -----------------------------------------------
-    teacher_model: str | None = None  # "ConvNeXt", a registered name, "timm:<name>"
-    teacher_checkpoint: str | None = None
-    teacher_pretrained: bool = False  # the teacher's published weights (deit.weights.hub lookup of its name)
-    teacher_mean: list[float] | None = None  # None: the teacher checkpoint's / pretrained cfg's, else the data's
-    teacher_std: list[float] | None = None
-    distillation_type: str = "none"  # none | soft | hard
-    distillation_alpha: float | None = None  # None: 0.1 soft, 0.5 hard (paper)
-    distillation_tau: float | None = None  # None: 3.0 (paper)
-    kl_reduction: str = "batchmean"
-    teacher_cache: str | None = None  # directory of the teacher's stored outputs (deit.distill.cache)
-    teacher_cache_topk: int = 10  # soft distillation: logits kept per view
-    teacher_memo: bool = True  # views that repeat (no random crop, Mixup...): the teacher runs once per view
+    teacher_model: str | None = setting(None, "distillation",
+        "teacher architecture: 'ConvNeXt', a registered name or 'timm:<name>' (the paper's best teacher is a "
+        "RegNetY-16GF convnet, Table 2)")
+    teacher_checkpoint: str | None = setting(None, "distillation",
+        "weights file of the teacher: written by deit train, save_model, timm (a state dict) or an official "
+        "release")
+    teacher_pretrained: bool = setting(False, "distillation",
+        "load the teacher's published weights (registered names with published weights, docs/models.md): "
+        "checkpoint folder, download cache, else downloaded and verified; --teacher-checkpoint wins when given")
+    teacher_mean: list[float] | None = setting(None, "distillation",
+        "per-channel mean (1 or 3 values in [0, 1]) the teacher was trained with; none: its checkpoint's "
+        "data_config, else its published weights' configuration, else the student's. Inputs are re-normalised for"
+        " the teacher when it differs (as timm's distillation task)")
+    teacher_std: list[float] | None = setting(None, "distillation",
+        "per-channel std the teacher was trained with (see --teacher-mean)")
+    distillation_type: str = setting("none", "distillation",
+        "objective of the distillation head: none, soft (KL to the teacher's softened output) or hard "
+        "(cross-entropy to the teacher's argmax, the paper's best, Table 3)", choices=DISTILLATION_TYPES)
+    distillation_alpha: float | None = setting(None, "distillation",
+        "lambda, weight of the distillation term; none: the paper's 0.1 for soft and 0.5 for hard (§4; the "
+        "official code's flag defaults to 0.5)", within=(0.0, 1.0))
+    distillation_tau: float | None = setting(None, "distillation",
+        "tau, temperature of soft distillation; none: the paper's 3.0 (§4; the official code's flag defaults to "
+        "1.0)", within=(1e-6, 1e6))
+    kl_reduction: str = setting("batchmean", "distillation",
+        "reduction of the soft KL term: batchmean (per sample, the KL's definition) or official (divided by batch"
+        " x classes, as the official losses.py)", choices=KL_REDUCTIONS)
+    teacher_cache: str | None = setting(None, "distillation",
+        "directory storing the teacher's outputs for the exact views the student sees (augmentations replayed "
+        "from seed, epoch and position, TinyViT's fast distillation): read where present, computed live and "
+        "stored where not; fill it ahead with deit cache-teacher. Refused if made with other settings")
+    teacher_cache_topk: int = setting(10, "distillation",
+        "soft distillation from a teacher cache: logits stored per view (the rest of the probability mass is "
+        "spread evenly, as TinyViT)")
+    teacher_memo: bool = setting(True, "distillation",
+        "when the training views repeat (whole images, at most a flip: no random crop, RandAugment, colour "
+        "jitter, erasing, Mixup or CutMix), keep the teacher's logits per distinct view in memory, so the teacher"
+        " runs once per view instead of once per step (deit.distill.memo); the targets are the live teacher's")
     # --- data ----------------------------------------------------------------------------
-    dataset: str = "digits"  # digits | fashion-mnist | mnist | path to an ImageFolder root
-    data_dir: str | None = None
-    train_subset: int | None = None  # use only the first N training images (budgeted runs)
-    val_subset: int | None = None  # evaluate on N validation images spread over the set (budgeted runs)
-    num_workers: int = 0
-    keep_decoded: bool = True  # an image folder's decoded images stay in memory (1 GiB a split): decoded once
-    bad_images: str = "fail"  # image folders: fail on an unreadable file (naming it) | skip it, counted in the log
+    dataset: str = setting("digits", "data",
+        "digits, fashion-mnist, mnist, or the path of an image folder holding train/ and val/ with one sub-folder"
+        " per class")
+    data_dir: str | None = setting(None, "data",
+        "folder with the four IDX files: required for mnist; for fashion-mnist none means the Debian package's "
+        "/usr/share/datasets/fashion-mnist")
+    train_subset: int | None = setting(None, "data",
+        "train on N images only, a class-stratified choice seeded by --seed that keeps the class proportions "
+        "(budgeted runs)", positive=True)
+    val_subset: int | None = setting(None, "data",
+        "evaluate on N validation images spread evenly over the set (budgeted runs)", positive=True)
+    num_workers: int = setting(0, "data",
+        "data-loader worker processes; 0 loads in the training process (best with 2 cores)")
+    keep_decoded: bool = setting(True, "data",
+        "keep an image folder's decoded images in memory, up to 1 GiB of pixels per split, so each file is "
+        "decoded once rather than every epoch (loaded in the training process: --num-workers 0)")
+    bad_images: str = setting("fail", "data",
+        "image folders: fail on an unreadable file, naming it, or skip it, counted "
+        "in the log", choices=BAD_IMAGE_POLICIES)
     # --- optimisation --------------------------------------------------------------------
-    recipe: str | None = None  # "paper" or deit/train/recipes/<name>.yaml, under --config and flags; None: the data's
-    epochs: int = 300
-    budget_images: int | None = None  # the run's length in training images seen (deit.train.budget); wins over epochs
-    budget_minutes: float | None = None  # training minutes, turned into budget_images by a measured rate
-    batch_size: int = 64  # per process and per step; the effective batch multiplies in accum_steps
-    accum_steps: int = 1
-    lr: float = 5e-4  # for an effective batch of 512: scaled linearly to the actual one
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: float = 5  # fractions allowed: the warm-up is counted in updates
-    warmup_fraction: float | None = None  # warm-up as a share of the run's updates; wins over warmup_epochs
-    weight_decay: float = 0.05
-    clip_grad: float | None = None
+    recipe: str | None = setting(None, "optimisation", _RECIPE_HELP)
+    epochs: int = setting(300, "optimisation",
+        "training epochs (paper: 300, Table 9); ignored when --budget-images or --budget-minutes "
+        "sets the length", positive=True)
+    budget_images: int | None = setting(None, "optimisation",
+        "the run's length as training images seen (updates x effective batch, all processes), instead of "
+        "--epochs: round(N / effective batch) updates, the last epoch cut short where they end, the cosine decay "
+        "spanning exactly them; config.yaml records it with the epochs it comes to")
+    budget_minutes: float | None = setting(None, "optimisation",
+        "the run's length as minutes of training (evaluation comes on top): a short timed calibration of the real"
+        " training step on a copy of the student turns it into --budget-images, which config.yaml records (a "
+        "resume or a rerun from it does not measure again)")
+    batch_size: int = setting(64, "optimisation",
+        "images per process and step; the effective batch is batch-size x accum-steps x processes (paper: 1024, "
+        "Table 9)", positive=True)
+    accum_steps: int = setting(1, "optimisation",
+        "steps whose gradients are summed per update, so the effective batch does not depend on memory", positive=True)
+    lr: float = setting(5e-4, "optimisation",
+        "peak learning rate for an effective batch of 512 (paper: 5e-4, Table 9); the run uses lr x effective "
+        "batch / 512, the paper's rule (Table 9: 0.0005 x batchsize / 512; official main.py), and prints that "
+        "value at the start", within=(0.0, 10.0))
+    min_lr: float = setting(1e-5, "optimisation",
+        "learning rate at the end of the cosine decay (official main.py: 1e-5)", within=(0.0, 10.0))
+    warmup_lr: float = setting(1e-6, "optimisation",
+        "learning rate at the start of the linear warm-up (official main.py: 1e-6)", within=(0.0, 10.0))
+    warmup_epochs: float = setting(5, "optimisation",
+        "epochs of linear warm-up before the cosine decay (paper: 5, Table 9); a run of no more epochs warms up "
+        "for epochs - 1, with a notice")
+    warmup_fraction: float | None = setting(None, "optimisation",
+        "linear warm-up as a share in [0, 1) of the run's updates, for any data size or budget; wins over "
+        "--warmup-epochs")
+    weight_decay: float = setting(0.05, "optimisation",
+        "AdamW weight decay, not applied to biases, norms, tokens and position embedding "
+        "(paper: 0.05, Table 9)", within=(0.0, 10.0))
+    clip_grad: float | None = setting(None, "optimisation",
+        "maximum gradient norm; none: no clipping (paper: none, Table 9)", within=(1e-12, 1e12))
     # --- augmentation --------------------------------------------------------------------
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float | None = 0.3
-    reprob: float = 0.25
-    hflip: float | None = None  # None: 0.5, or 0 for data where a flip changes the class (digits)
-    scale: tuple[float, float] = (0.08, 1.0)
-    crops_from_epochs: int | None = None  # from this many epochs on, crops_scale replaces scale (unless --scale)
-    crops_scale: tuple[float, float] = (0.5, 1.0)
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    smoothing: float = 0.1
-    repeated_aug: int = 3
+    auto_augment: str | None = setting("rand-m9-mstd0.5-inc1", "augmentation",
+        "timm RandAugment policy, or none (paper: rand-m9-mstd0.5-inc1, Table 9)")
+    color_jitter: float | None = setting(0.3, "augmentation",
+        "colour jitter strength, applied only when --auto-augment is none (official main.py: 0.3)", within=(0.0, 1.0))
+    reprob: float = setting(0.25, "augmentation",
+        "random erasing probability (paper: 0.25, Table 9)", within=(0.0, 1.0))
+    hflip: float | None = setting(None, "augmentation",
+        "horizontal flip probability; none: 0.5, or 0 for data sets where a mirror image is another class "
+        "(digits, mnist)", within=(0.0, 1.0))
+    scale: tuple[float, float] = setting((0.08, 1.0), "augmentation",
+        "area range of the random resized crop (official main.py: 0.08 1.0)")
+    crops_from_epochs: int | None = setting(None, "augmentation",
+        "from this many epochs on, the run trains on random-resized crops of --crops-scale instead of --scale, "
+        "unless --scale is given: a long schedule of a small folder, decided from the planned epochs before the "
+        "run (none: always --scale)", positive=True)
+    crops_scale: tuple[float, float] = setting((0.5, 1.0), "augmentation",
+        "the crop area range --crops-from-epochs switches to")
+    mixup: float = setting(0.8, "augmentation",
+        "Mixup alpha, 0 turns it off (paper: 0.8, Table 9)", within=(0.0, 100.0))
+    cutmix: float = setting(1.0, "augmentation",
+        "CutMix alpha, 0 turns it off (paper: 1.0, Table 9)", within=(0.0, 100.0))
+    mixup_prob: float = setting(1.0, "augmentation",
+        "probability of mixing a batch with Mixup or CutMix (official main.py: 1.0)", within=(0.0, 1.0))
+    mixup_switch_prob: float = setting(0.5, "augmentation",
+        "probability of CutMix rather than Mixup when both are on (official main.py: 0.5)", within=(0.0, 1.0))
+    smoothing: float = setting(0.1, "augmentation", "label smoothing (paper: 0.1, Table 9)", within=(0.0, 1.0))
+    repeated_aug: int = setting(3, "augmentation",
+        "repeated augmentation: differently augmented copies of each image per epoch, 1 turns it off (paper: 3, "
+        "Table 9)", positive=True)
     # --- numerics ------------------------------------------------------------------------
-    amp: bool = False  # bf16 autocast on CPU; bf16 / fp16 (+ grad scaler) on CUDA
-    amp_dtype: str = "bfloat16"
-    compile: bool = False  # torch.compile the student (pays off on CUDA; CPU compile takes ~1 min)
-    model_ema: bool = True
-    model_ema_decay: float = 0.99996
+    amp: bool = setting(False, "run",
+        "mixed precision: bf16 autocast on CPU (fp32, with a warning, on a CPU without bf16 units); bf16 or fp16 "
+        "(with a gradient scaler) on CUDA")
+    amp_dtype: str = setting("bfloat16", "run", "autocast dtype of --amp", choices=("bfloat16", "float16"))
+    compile: bool = setting(False, "run",
+        "torch.compile the student (pays off on CUDA; on CPU compiling takes about a minute)")
+    model_ema: bool = setting(True, "optimisation",
+        "keep an exponential moving average of the weights, evaluated and saved every epoch (official main.py: "
+        "on)")
+    model_ema_decay: float = setting(0.99996, "optimisation",
+        "EMA decay per update (official main.py: 0.99996)", within=(0.0, 1.0))
     # --- run -----------------------------------------------------------------------------
-    output: str = "runs/train"
-    seed: int = 0
-    deterministic: bool = False  # deterministic kernels only (CUDA); CPU runs are reproducible without it
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue the run in `output` from its last checkpoint
-    eval_interval: int = 1  # evaluate every N epochs (the last epoch is always evaluated)
-    evaluations: int | None = None  # evaluate about N times, evenly over the run's epochs; None: by eval_interval
-    stop_after_epochs: int | None = None  # end this invocation after N epochs (time-limited job slots); resume later
-    progress: bool = True
+    output: str = setting("runs/train", "run",
+        "run directory: config.yaml, last.pth, best.pth, metrics.csv, curves.png, summary.json")
+    seed: int = setting(0, "run", "random seed of the sample order, augmentations, initial weights and --train-subset")
+    deterministic: bool = setting(False, "run",
+        "deterministic kernels only (CUDA); CPU runs are reproducible without it")
+    device: str = setting("auto", "run", "auto (CUDA if available), cpu, cuda or cuda:N")
+    resume: bool = setting(False, "run", "continue the run in --output from its last.pth")
+    eval_interval: int = setting(1, "run",
+        "evaluate every N epochs (the last epoch is always evaluated)", positive=True)
+    evaluations: int | None = setting(None, "run",
+        "evaluate about N times, at evenly spaced epochs (the last always), whatever the run's epochs; replaces "
+        "--eval-interval (a budget on a small folder makes many short epochs)", positive=True)
+    stop_after_epochs: int | None = setting(None, "run",
+        "end this invocation after N epochs (time-limited job slots); continue later with --resume", positive=True)
+    progress: bool = setting(True, "run", "progress bars")
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
+
 
     def __post_init__(self) -> None:
         # Not a setting: the names load_config saw in the --config file and the flags, which a
@@ -152,24 +306,16 @@ class TrainConfig:
             raise ConfigError(name_flag(str(err))) from None
 
     def _validate(self) -> "TrainConfig":
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name}={value!r} is invalid; expected a positive integer")
-
-        def in_range(name: str, low: float, high: float, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ConfigError(f"{name}={value!r} is invalid; expected a number in [{low}, {high}]")
-
-        for name in ("epochs", "batch_size", "accum_steps", "repeated_aug", "eval_interval"):
-            positive_int(name)
-        for name in ("num_classes", "image_size", "in_channels", "train_subset", "val_subset", "stop_after_epochs",
-                     "evaluations", "crops_from_epochs"):
-            if getattr(self, name) is not None:
-                positive_int(name)
+        for item in fields(self):  # the values each field takes, as its setting() describes them
+            value, rule = getattr(self, item.name), item.metadata
+            if value is None and _unwrap_optional(field_types()[item.name])[1]:
+                continue
+            if rule.get("positive") and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{item.name}={value!r} is invalid; expected a positive integer")
+            low, high = rule.get("within") or (None, None)
+            if low is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or not low <= value <= high):
+                raise ConfigError(f"{item.name}={value!r} is invalid; expected a number in [{low}, {high}]")
         self._validate_budget()
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers!r} is invalid; expected an integer >= 0")
@@ -177,26 +323,12 @@ class TrainConfig:
                 or not 0 <= self.warmup_epochs < float("inf")):
             raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} is invalid; expected a number of epochs >= 0 "
                               "(fractions allowed)")
-        for name in ("lr", "min_lr", "warmup_lr"):
-            in_range(name, 0.0, 10.0)
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr!r} is invalid; expected a learning rate > 0")
-        in_range("weight_decay", 0.0, 10.0)
-        in_range("clip_grad", 1e-12, 1e12, allow_none=True)
-        for name in ("drop_path", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing"):
-            in_range(name, 0.0, 1.0)
-        in_range("hflip", 0.0, 1.0, allow_none=True)
-        in_range("color_jitter", 0.0, 1.0, allow_none=True)
-        for name in ("mixup", "cutmix"):
-            in_range(name, 0.0, 100.0)
         if self.batch_size % 2 and self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0):
             raise ConfigError(f"batch_size={self.batch_size} (--batch-size) is odd, but Mixup/CutMix (--mixup "
                               f"{self.mixup}, --cutmix {self.cutmix}) pair each image with the batch's reverse and "
                               "need an even batch; pass an even --batch-size, or --mixup 0 --cutmix 0")
-        in_range("model_ema_decay", 0.0, 1.0)
-        in_range("distillation_alpha", 0.0, 1.0, allow_none=True)
-        if self.distillation_tau is not None:
-            in_range("distillation_tau", 1e-6, 1e6)
         for name in ("scale", "crops_scale"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)) or len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
@@ -280,30 +412,6 @@ RECIPE_TEACHER_KEYS = ("distillation_type", "distillation_alpha", "distillation_
 """Recipe settings that apply only to a run with a teacher, dropped without one: the same
 recipe trains the distilled student and its plain control (the paper's Table 3 compares
 the two)."""
-
-
-def _recipe_folder():
-    """``deit/train/recipes`` as an ``importlib.resources`` Traversable (a folder, or inside a zip)."""
-    return importlib.resources.files("deit.train") / "recipes"
-
-
-def available_recipes() -> tuple[str, ...]:
-    """Names of the shipped recipes: the ``deit/train/recipes/*.yaml`` files without the suffix."""
-    folder = _recipe_folder()
-    if not folder.is_dir():
-        return ()
-    return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
-
-
-PAPER_RECIPE = "paper"
-"""The recipe name of the dataclass defaults, the paper's ImageNet recipe (Table 9): no
-file, nothing moved. ``--recipe none`` and ``recipe: null`` written in a --config file
-mean it too (every config.yaml written before runs recorded their recipe says null)."""
-
-
-def recipe_names() -> tuple[str, ...]:
-    """Every value ``recipe`` takes: the shipped recipes and :data:`PAPER_RECIPE`."""
-    return (*available_recipes(), PAPER_RECIPE)
 
 
 def check_recipe_name(name: object) -> None:
@@ -419,13 +527,6 @@ def apply_recipe(config: TrainConfig, name: str) -> TrainConfig:
     return settled
 
 
-SMALL_DATA_MAX_IMAGES = 100_000
-"""Fewer training images than this make a data set small (:func:`recipe_for_data`)."""
-SMALL_DATA_MAX_SIDE = 64
-"""Images of fewer pixels than this on their longer side make a data set small."""
-SMALL_DATA_RECIPE = "small-data"
-
-
 def recipe_for_data(dataset: str, train_images: int, image_side: int | None, finetune: bool = False
                     ) -> tuple[str, str]:
     """The recipe of a run that names none, and why, as ``(name, reason)``.
@@ -456,15 +557,6 @@ def recipe_for_data(dataset: str, train_images: int, image_side: int | None, fin
 # --- what each setting means: the one source of `deit train --help` and of choice checks ----
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "distillation_type": DISTILLATION_TYPES,
-    "kl_reduction": KL_REDUCTIONS,
-    "bad_images": BAD_IMAGE_POLICIES,
-    "amp_dtype": ("bfloat16", "float16"),
-    "recipe": recipe_names(),
-}
-"""Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""
-
 GROUPS: dict[str, str] = {
     "model": "the student network",
     "distillation": "teacher and distillation (paper §4)",
@@ -475,139 +567,17 @@ GROUPS: dict[str, str] = {
 }
 """``deit train --help`` sections, in order: group -> description."""
 
-HELP: dict[str, tuple[str, str]] = {
-    # group, help; "(paper: …)" marks a default that is the paper's value (Touvron et al. 2021)
-    "model": ("model", "registered architecture of the student (`deit list-models`), e.g. "
-                       "deit_tiny_distilled_patch16_224 (paper Table 1)"),
-    "num_classes": ("model", "number of classes; none: the data set's"),
-    "image_size": ("model", "input side in pixels; none: the data set's native size (image folders: the model's "
-                            "own, 224 for the paper's models)"),
-    "in_channels": ("model", "input channels, 1 or 3; none: the data set's (grey data sets and folders of grey "
-                             "images: 1; 3 replicates the grey channel)"),
-    "drop_path": ("model", "stochastic depth rate, rising linearly over the blocks (paper: 0.1, Table 9)"),
-    "finetune": ("model", "start from these weights: a file (any supported format, docs/models.md), a "
-                          "registered name meaning its published weights, or a URL (downloaded into the verified "
-                          "cache); the position embedding is resampled to --image-size, a head of another size "
-                          "re-initialised"),
-    "teacher_model": ("distillation", "teacher architecture: 'ConvNeXt', a registered name or 'timm:<name>' "
-                                      "(the paper's best teacher is a RegNetY-16GF convnet, Table 2)"),
-    "teacher_checkpoint": ("distillation", "weights file of the teacher: written by deit train, save_model, timm "
-                                           "(a state dict) or an official release"),
-    "teacher_pretrained": ("distillation", "load the teacher's published weights (registered names with published "
-                                           "weights, docs/models.md): checkpoint folder, download cache, else "
-                                           "downloaded and verified; --teacher-checkpoint wins when given"),
-    "teacher_mean": ("distillation", "per-channel mean (1 or 3 values in [0, 1]) the teacher was trained with; "
-                                     "none: its checkpoint's data_config, else its published weights' "
-                                     "configuration, else the student's. Inputs are re-normalised for the teacher "
-                                     "when it differs (as timm's distillation task)"),
-    "teacher_std": ("distillation", "per-channel std the teacher was trained with (see --teacher-mean)"),
-    "distillation_type": ("distillation", "objective of the distillation head: none, soft (KL to the teacher's "
-                                          "softened output) or hard (cross-entropy to the teacher's argmax, the "
-                                          "paper's best, Table 3)"),
-    "distillation_alpha": ("distillation", "lambda, weight of the distillation term; none: the paper's 0.1 for "
-                                           "soft and 0.5 for hard (§4; the official code's flag defaults to 0.5)"),
-    "distillation_tau": ("distillation", "tau, temperature of soft distillation; none: the paper's 3.0 (§4; the "
-                                         "official code's flag defaults to 1.0)"),
-    "kl_reduction": ("distillation", "reduction of the soft KL term: batchmean (per sample, the KL's definition) "
-                                     "or official (divided by batch x classes, as the official losses.py)"),
-    "teacher_cache": ("distillation", "directory storing the teacher's outputs for the exact views the student "
-                                      "sees (augmentations replayed from seed, epoch and position, TinyViT's fast "
-                                      "distillation): read where present, computed live and stored where not; "
-                                      "fill it ahead with deit cache-teacher. Refused if made with other settings"),
-    "teacher_cache_topk": ("distillation", "soft distillation from a teacher cache: logits stored per view (the "
-                                           "rest of the probability mass is spread evenly, as TinyViT)"),
-    "teacher_memo": ("distillation", "when the training views repeat (whole images, at most a flip: no random "
-                                     "crop, RandAugment, colour jitter, erasing, Mixup or CutMix), keep the "
-                                     "teacher's logits per distinct view in memory, so the teacher runs once per "
-                                     "view instead of once per step (deit.distill.memo); the targets are the live "
-                                     "teacher's"),
-    "dataset": ("data", "digits, fashion-mnist, mnist, or the path of an image folder holding train/ and val/ "
-                        "with one sub-folder per class"),
-    "data_dir": ("data", "folder with the four IDX files: required for mnist; for fashion-mnist none means "
-                         "the Debian package's /usr/share/datasets/fashion-mnist"),
-    "train_subset": ("data", "train on N images only, a class-stratified choice seeded by --seed that keeps the "
-                             "class proportions (budgeted runs)"),
-    "val_subset": ("data", "evaluate on N validation images spread evenly over the set (budgeted runs)"),
-    "num_workers": ("data", "data-loader worker processes; 0 loads in the training process (best with 2 cores)"),
-    "keep_decoded": ("data", "keep an image folder's decoded images in memory, up to 1 GiB of pixels per split, so "
-                             "each file is decoded once rather than every epoch (loaded in the training process: "
-                             "--num-workers 0)"),
-    "bad_images": ("data", "image folders: fail on an unreadable file, naming it, or skip it, counted in the log"),
-    "recipe": ("optimisation", "paper (the paper's ImageNet recipe, Table 9: the defaults; also 'none') or a "
-                               "recipe shipped with deit, settings for another regime applied under --config and "
-                               "these flags (`deit recipes` describes them: "
-                               f"{', '.join(available_recipes())}); without a teacher its distillation settings "
-                               "are dropped. Not given: chosen by the data and logged, small-data for fewer than "
-                               f"{SMALL_DATA_MAX_IMAGES:,} training images or images under {SMALL_DATA_MAX_SIDE} px "
-                               "(every built-in data set), else paper (a --finetune run: paper); config.yaml "
-                               "records the choice"),
-    "epochs": ("optimisation", "training epochs (paper: 300, Table 9); ignored when --budget-images or "
-                               "--budget-minutes sets the length"),
-    "budget_images": ("optimisation", "the run's length as training images seen (updates x effective batch, all "
-                                      "processes), instead of --epochs: round(N / effective batch) updates, the "
-                                      "last epoch cut short where they end, the cosine decay spanning exactly "
-                                      "them; config.yaml records it with the epochs it comes to"),
-    "budget_minutes": ("optimisation", "the run's length as minutes of training (evaluation comes on top): a "
-                                       "short timed calibration of the real training step on a copy of the "
-                                       "student turns it into --budget-images, which config.yaml records (a "
-                                       "resume or a rerun from it does not measure again)"),
-    "batch_size": ("optimisation", "images per process and step; the effective batch is batch-size x "
-                                   "accum-steps x processes (paper: 1024, Table 9)"),
-    "accum_steps": ("optimisation", "steps whose gradients are summed per update, so the effective batch does "
-                                    "not depend on memory"),
-    "lr": ("optimisation", "peak learning rate for an effective batch of 512 (paper: 5e-4, Table 9); the run "
-                           "uses lr x effective batch / 512, the paper's rule (Table 9: 0.0005 x batchsize / 512; "
-                           "official main.py), and prints that value at the start"),
-    "min_lr": ("optimisation", "learning rate at the end of the cosine decay (official main.py: 1e-5)"),
-    "warmup_lr": ("optimisation", "learning rate at the start of the linear warm-up (official main.py: 1e-6)"),
-    "warmup_epochs": ("optimisation", "epochs of linear warm-up before the cosine decay (paper: 5, Table 9); a "
-                                      "run of no more epochs warms up for epochs - 1, with a notice"),
-    "warmup_fraction": ("optimisation", "linear warm-up as a share in [0, 1) of the run's updates, for any data "
-                                        "size or budget; wins over --warmup-epochs"),
-    "weight_decay": ("optimisation", "AdamW weight decay, not applied to biases, norms, tokens and position "
-                                     "embedding (paper: 0.05, Table 9)"),
-    "clip_grad": ("optimisation", "maximum gradient norm; none: no clipping (paper: none, Table 9)"),
-    "model_ema": ("optimisation", "keep an exponential moving average of the weights, evaluated and saved every "
-                                  "epoch (official main.py: on)"),
-    "model_ema_decay": ("optimisation", "EMA decay per update (official main.py: 0.99996)"),
-    "auto_augment": ("augmentation", "timm RandAugment policy, or none (paper: rand-m9-mstd0.5-inc1, Table 9)"),
-    "color_jitter": ("augmentation", "colour jitter strength, applied only when --auto-augment is none "
-                                     "(official main.py: 0.3)"),
-    "reprob": ("augmentation", "random erasing probability (paper: 0.25, Table 9)"),
-    "hflip": ("augmentation", "horizontal flip probability; none: 0.5, or 0 for data sets where a mirror image "
-                              "is another class (digits, mnist)"),
-    "scale": ("augmentation", "area range of the random resized crop (official main.py: 0.08 1.0)"),
-    "crops_from_epochs": ("augmentation", "from this many epochs on, the run trains on random-resized crops of "
-                                          "--crops-scale instead of --scale, unless --scale is given: a long "
-                                          "schedule of a small folder, decided from the planned epochs before the "
-                                          "run (none: always --scale)"),
-    "crops_scale": ("augmentation", "the crop area range --crops-from-epochs switches to"),
-    "mixup": ("augmentation", "Mixup alpha, 0 turns it off (paper: 0.8, Table 9)"),
-    "cutmix": ("augmentation", "CutMix alpha, 0 turns it off (paper: 1.0, Table 9)"),
-    "mixup_prob": ("augmentation", "probability of mixing a batch with Mixup or CutMix (official main.py: 1.0)"),
-    "mixup_switch_prob": ("augmentation", "probability of CutMix rather than Mixup when both are on (official "
-                                          "main.py: 0.5)"),
-    "smoothing": ("augmentation", "label smoothing (paper: 0.1, Table 9)"),
-    "repeated_aug": ("augmentation", "repeated augmentation: differently augmented copies of each image per "
-                                     "epoch, 1 turns it off (paper: 3, Table 9)"),
-    "amp": ("run", "mixed precision: bf16 autocast on CPU (fp32, with a warning, on a CPU without bf16 "
-                   "units); bf16 or fp16 (with a gradient scaler) on CUDA"),
-    "amp_dtype": ("run", "autocast dtype of --amp"),
-    "compile": ("run", "torch.compile the student (pays off on CUDA; on CPU compiling takes about a minute)"),
-    "output": ("run", "run directory: config.yaml, last.pth, best.pth, metrics.csv, curves.png, summary.json"),
-    "seed": ("run", "random seed of the sample order, augmentations, initial weights and --train-subset"),
-    "deterministic": ("run", "deterministic kernels only (CUDA); CPU runs are reproducible without it"),
-    "device": ("run", "auto (CUDA if available), cpu, cuda or cuda:N"),
-    "resume": ("run", "continue the run in --output from its last.pth"),
-    "eval_interval": ("run", "evaluate every N epochs (the last epoch is always evaluated)"),
-    "evaluations": ("run", "evaluate about N times, at evenly spaced epochs (the last always), whatever the run's "
-                           "epochs; replaces --eval-interval (a budget on a small folder makes many short epochs)"),
-    "stop_after_epochs": ("run", "end this invocation after N epochs (time-limited job slots); continue later "
-                                 "with --resume"),
-    "progress": ("run", "progress bars"),
+HELP: dict[str, tuple[str, str]] = {f.name: (f.metadata["group"], f.metadata["help"])
+                                    for f in fields(TrainConfig) if f.metadata}
+"""Per setting: its ``--help`` group (a key of :data:`GROUPS`) and description, from its field.
+The flag of field ``name`` is ``--name-with-dashes``; booleans also have ``--no-name``."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    **{f.name: tuple(f.metadata["choices"]) for f in fields(TrainConfig) if f.metadata.get("choices")},
+    "recipe": recipe_names(),
 }
-"""Per setting: its ``--help`` group (a key of :data:`GROUPS`) and description. The flag
-of field ``name`` is ``--name-with-dashes``; booleans also have ``--no-name``."""
+"""Settings that take one of a fixed set of strings (checked by ``validate``, shown by ``--help``)."""
+
 
 _METAVARS = {"device": "{auto,cpu,cuda,cuda:N}"}
 
@@ -663,23 +633,37 @@ def _typed(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
+_EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+
+
+@functools.cache
+def _type_adapter(annotation: Any):
+    import pydantic
+
+    return pydantic.TypeAdapter(annotation)
+
+
 def _check_types(values: dict[str, Any], source: str) -> None:
-    """YAML values of the field's type (ints accepted for floats, converted in place)."""
+    """Each value converted to its field's type by pydantic (lax mode: ``"5e-4"`` and ``5`` are
+    numbers for a float, ``1.5e6`` an integer for an int, ``[0.5, 1]`` a pair for a tuple), in
+    place; a value of another kind is one line naming the setting. A YAML boolean is no number."""
+    import pydantic
+
     for name, value in values.items():
-        base, optional = _unwrap_optional(field_types()[name])
+        annotation = field_types()[name]
+        base, optional = _unwrap_optional(annotation)
         if value is None:
             if not optional:
                 raise ConfigError(f"{source}: {name} may not be empty (null); set it by {flag(name)}, or "
                                   f"{name}: in a --config file")
             continue
-        if base is float and isinstance(value, int) and not isinstance(value, bool):
-            values[name] = float(value)
-        elif base in (int, str, bool) and not isinstance(value, base):
-            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected {base.__name__}")
-        elif base is bool and not isinstance(value, bool):
-            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected true or false")
-        if base is int and isinstance(value, bool):
-            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected an integer")
+        expected = _EXPECTED.get(base, "two numbers" if typing.get_origin(base) is tuple else "a list of numbers")
+        if isinstance(value, bool) is not (base is bool):
+            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected {expected}")
+        try:
+            values[name] = _type_adapter(base).validate_python(value)
+        except pydantic.ValidationError:
+            raise ConfigError(f"{source}: {name}={value!r} is invalid; expected {expected}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -781,3 +765,35 @@ def overrides_from_args(args) -> dict[str, Any]:
         if name in values:
             values[name] = tuple(values[name])
     return values
+
+
+def settings_markdown() -> str:
+    """Every setting as a Markdown table per ``--help`` group: flag and YAML key, default, the
+    values it takes and its description, all from its field (``docs/settings.md``)."""
+    defaults, types_ = TrainConfig(), field_types()
+    lines = ["# Training settings", "",
+             "Every `deit train` setting: the flag, the key of a `--config` YAML file (and of the `config.yaml` "
+             "a run writes), the default, the values it takes and what it does. Generated from the fields of "
+             "`deit.train.settings.TrainConfig` by `python scripts/settings_table.py`; a recipe "
+             "(`--recipe`, `deit recipes NAME`) changes some defaults, flags and `--config` win over it.", ""]
+    for group, about in GROUPS.items():
+        lines += [f"## {group}: {about}", "", "| flag | YAML key | default | values | description |",
+                  "|---|---|---|---|---|"]
+        for item in fields(TrainConfig):
+            if item.metadata.get("group") != group:
+                continue
+            base, optional = _unwrap_optional(types_[item.name])
+            rule = item.metadata
+            values = (", ".join(CHOICES[item.name]) if item.name in CHOICES else
+                      "integer > 0" if rule["positive"] else
+                      f"number in [{rule['within'][0]}, {rule['within'][1]}]" if rule["within"] else
+                      _EXPECTED.get(base, "two numbers" if typing.get_origin(base) is tuple else "numbers"))
+            if optional:
+                values += ", or none"
+            default = getattr(defaults, item.name)
+            shown = ("on" if default else "off") if isinstance(default, bool) else \
+                "none" if default is None else " ".join(map(str, default)) if isinstance(default, tuple) else default
+            text = rule["help"].replace("|", "\\|")
+            lines.append(f"| `{flag(item.name)}` | `{item.name}` | {shown} | {values} | {text} |")
+        lines.append("")
+    return "\n".join(lines)

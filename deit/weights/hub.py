@@ -9,7 +9,13 @@ variant?" in a fixed order, the first hit wins:
    ``deit_small_distilled_patch16_224-649709d9.pth``; local only;
 3. the download cache (``$DEIT_CACHE``, else ``$XDG_CACHE_HOME/deit``, else
    ``~/.cache/deit``), holding files under their published names;
-4. the download, into the cache, unless ``download=False`` or ``$DEIT_OFFLINE=1``.
+4. for a copy hosted on the Hugging Face hub (timm's ``timm/<name>.<tag>`` repositories),
+   the shared Hugging Face cache (``$HF_HUB_CACHE`` / ``$HF_HOME``), offline: a user who has
+   loaded timm's weights already has them (``huggingface_hub.try_to_load_from_cache``);
+5. the download, unless ``download=False`` or ``$DEIT_OFFLINE=1``: a file with its own URL
+   (the official DeiT release) into our cache as below; a hub-only copy through
+   ``huggingface_hub.hf_hub_download`` into the shared Hugging Face cache, which honours the
+   hub's own ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``.
 
 The download streams into a temporary file in the cache folder with a progress bar, checks
 the byte count against ``Content-Length`` and the SHA-256 against the published digest,
@@ -23,7 +29,8 @@ connection as a complete file.
 
 ``$DEIT_WEIGHTS_MIRROR`` (or ``mirror=``) replaces the scheme and host of every URL, keeping
 its path: ``https://dl.fbaipublicfiles.com/deit/X.pth`` with mirror
-``http://mirror.corp/weights`` is fetched from ``http://mirror.corp/weights/deit/X.pth``.
+``http://mirror.corp/weights`` is fetched from ``http://mirror.corp/weights/deit/X.pth``; for
+a hub-hosted copy it is the hub endpoint (as ``HF_ENDPOINT``, which it overrides).
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from pathlib import Path
 from typing import Sequence
 
 from deit.core.errors import CheckpointError, ConfigError, MissingCheckpointError
-from deit.models.pretrained import WeightFile
+from deit.models.pretrained import TIMM_HUB_FILE, WeightFile
 from deit.models.registry import get_pretrained_cfg, list_models
 from deit.weights.files import CHECKPOINT_SUFFIXES
 
@@ -129,6 +136,36 @@ def download_weight(weight: WeightFile, directory: str | os.PathLike | None = No
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def hub_cached(weight: WeightFile) -> Path | None:
+    """``weight``'s file in the shared Hugging Face cache, if it is there (no network)."""
+    if not weight.hf_hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(weight.hf_hub_id, TIMM_HUB_FILE)
+    return Path(found) if isinstance(found, str) else None
+
+
+def download_from_hub(weight: WeightFile, *, mirror: str | None = None) -> Path:
+    """Fetch a hub-hosted ``weight`` with ``huggingface_hub.hf_hub_download`` into the shared
+    Hugging Face cache; ``mirror`` (default ``$DEIT_WEIGHTS_MIRROR``) is the hub endpoint.
+
+    Raises:
+        DownloadError: the hub could not give the file (no network, offline, HTTP error).
+    """
+    from huggingface_hub import hf_hub_download
+
+    endpoint = mirror if mirror is not None else os.environ.get(ENV_MIRROR) or None
+    where = f"{weight.hf_hub_id}/{TIMM_HUB_FILE} from the Hugging Face hub" + (f" at {endpoint}" if endpoint else "")
+    logger.info("downloading %s", where)
+    try:
+        return Path(hf_hub_download(weight.hf_hub_id, TIMM_HUB_FILE, endpoint=endpoint))
+    except Exception as err:  # huggingface_hub's HTTP, offline and connection errors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DownloadError(f"could not download {where} ({reason}); download it by hand and pass it with "
+                            "--checkpoint FILE, or set HF_ENDPOINT to a reachable hub") from None
 
 
 def _reason(err: BaseException) -> str:
@@ -231,6 +268,10 @@ def resolve_pretrained_file(name: str, *, checkpoint: str | os.PathLike | None =
     for weight in weights:
         if (cache / weight.file_name).is_file():
             return cache / weight.file_name
+    for weight in weights:
+        shared = hub_cached(weight)
+        if shared is not None:
+            return shared
     primary = weights[0]
     dest = cache / primary.file_name
     url = mirrored(primary.download_url, mirror)
@@ -241,6 +282,8 @@ def resolve_pretrained_file(name: str, *, checkpoint: str | os.PathLike | None =
     failures: list[DownloadError] = []
     for weight in weights:
         try:
+            if weight.url is None and weight.hf_hub_id:
+                return download_from_hub(weight, mirror=mirror)
             return download_weight(weight, cache, progress=progress, mirror=mirror)
         except DownloadError as err:
             failures.append(err)

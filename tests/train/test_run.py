@@ -583,6 +583,37 @@ def test_train_help_describes_every_flag_in_groups(capsys):
     assert "--reprob REPROB random erasing probability (paper: 0.25, Table 9) (default: 0.25)" in out
 
 
+def test_the_settings_page_is_made_from_the_fields():
+    """docs/settings.md is what the fields describe (regenerate with scripts/settings_table.py)."""
+    from deit.train.settings import settings_markdown
+
+    page = (Path(__file__).parents[2] / "docs" / "settings.md").read_text()
+    assert page == settings_markdown(), "docs/settings.md is stale: run python scripts/settings_table.py"
+
+
+@pytest.mark.parametrize("value, expected", [("5e-4", 5e-4), (3, 3.0), ("1E-6", 1e-6)])
+def test_numbers_as_people_write_them_are_numbers(value, expected):
+    from deit.train.settings import config_from_dict
+
+    config = config_from_dict({"lr": value, "budget_images": 1.5e6})
+    assert config.lr == expected and isinstance(config.lr, float)
+    assert config.budget_images == 1_500_000 and isinstance(config.budget_images, int)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"epochs": True}, r"epochs=True is invalid; expected an integer \(set by --epochs"),
+    ({"lr": "fast"}, r"lr='fast' is invalid; expected a number"),
+    ({"budget_images": 1.5}, r"budget_images=1.5 is invalid; expected an integer"),
+    ({"amp": "maybe"}, r"amp='maybe' is invalid; expected true or false"),
+    ({"scale": [0.5]}, r"scale=\(0.5,\) is invalid; expected two numbers"),
+])
+def test_values_of_another_kind_name_the_setting_and_its_flag(settings, message):
+    from deit.train.settings import config_from_dict
+
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(settings)
+
+
 def _fail_in_build_data(monkeypatch):
     import deit.train.run
 

@@ -95,8 +95,7 @@ def test_timm_convnext_equivalence(tmp_path, name):
         torch.testing.assert_close(ours.eval()(x), ref(x), atol=1e-5, rtol=0)
 
 
-def test_facebookresearch_convnext_layout_equivalence(tmp_path):
-    ref = perturb_(timm.create_model("convnext_atto", pretrained=False)).eval()
+def _facebookresearch_convnext(ref: torch.nn.Module) -> dict[str, torch.Tensor]:
     fb = {}
     for key, value in ref.state_dict().items():  # timm -> original ConvNeXt repo naming
         key = key.replace("stem.", "downsample_layers.0.")
@@ -105,7 +104,27 @@ def test_facebookresearch_convnext_layout_equivalence(tmp_path):
         key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
         key = key.replace("head.norm.", "norm.").replace("head.fc.", "head.")
         fb[key] = value.flatten(1) if "pwconv" in key and value.ndim == 4 else value
-    torch.save({"model": fb}, tmp_path / "fb.pth")
+    return fb
+
+
+def test_facebookresearch_convnext_keys_map_as_timms_filter_maps_them():
+    """Our key map gives what timm's ``convnext.checkpoint_filter_fn`` gives, without needing the model
+    (timm reshapes the 1x1-convolution weights to the model's shape here; we do at load time,
+    ``adapt_state_dict``, as the equivalence test below shows)."""
+    from timm.models.convnext import checkpoint_filter_fn
+
+    from deit.weights.layouts import convert_fb_convnext
+
+    ref = timm.create_model("convnext_atto", pretrained=False)
+    fb = _facebookresearch_convnext(ref)
+    theirs, ours = checkpoint_filter_fn(dict(fb), ref), convert_fb_convnext(fb)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k].reshape(theirs[k].shape), theirs[k]) for k in ours)
+
+
+def test_facebookresearch_convnext_layout_equivalence(tmp_path):
+    ref = perturb_(timm.create_model("convnext_atto", pretrained=False)).eval()
+    torch.save({"model": _facebookresearch_convnext(ref)}, tmp_path / "fb.pth")
     ours = create_model("convnext_atto")
     report = load_pretrained(ours, tmp_path / "fb.pth")
     assert any("facebookresearch" in n for n in report.notes)

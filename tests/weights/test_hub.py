@@ -22,15 +22,27 @@ NAME = "deit_pico_distilled_patch4_32"  # tiny; no published weights, so tests g
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        self.server.requests.append(self.path)
+    def _headers(self) -> bytes | None:
+        self.server.requests.append(f"{self.command} {self.path}")
         body = self.server.files.get(self.path)
         if body is None:
             self.send_error(404, "Not Found")
-            return
+            return None
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        if "/resolve/" in self.path:  # what the Hugging Face hub answers: the commit and the file's digest
+            self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+            self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
         self.end_headers()
+        return body
+
+    def do_HEAD(self):  # noqa: N802 (http.server's name)
+        self._headers()
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = self._headers()
+        if body is None:
+            return
         if self.path in self.server.drop:  # half the body, then the connection goes away
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
@@ -58,7 +70,7 @@ class Server:
 
     @property
     def requests(self) -> list[str]:
-        return self.httpd.requests
+        return [r.split(" ", 1)[1] for r in self.httpd.requests if r.startswith("GET ")]
 
     def stop(self):
         if self.thread.is_alive():
@@ -317,3 +329,51 @@ def test_teacher_pretrained_needs_a_teacher():
 
     with pytest.raises(ValueError, match="teacher_pretrained=True needs a teacher: set --teacher-model"):
         TrainConfig(teacher_pretrained=True).validate()
+
+
+# --- copies hosted on the Hugging Face hub: huggingface_hub and its shared cache ----------------
+
+HUB_ID = "timm/deit_pico_distilled_patch4_32.test"
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty shared Hugging Face cache, as ``HF_HUB_CACHE`` would name it."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path / "hf-cache"
+
+
+def _hub_weight() -> WeightFile:
+    return WeightFile(url=None, hf_hub_id=HUB_ID, file_name="pico.safetensors", sha256=None, layout="timm")
+
+
+def test_a_hub_copy_is_fetched_by_huggingface_hub_then_found_offline_in_its_cache(server, hf_cache, tmp_path,
+                                                                                  monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    body, model = _weights_file(tmp_path)
+    server.serve(f"/{HUB_ID}/resolve/main/model.safetensors", body)
+    ours = tmp_path / "deit-cache"
+    path = resolve_pretrained_file(NAME, weights=[_hub_weight()], cache_dir=ours, mirror=server.base)
+    assert path.read_bytes() == body and hf_cache in path.parents  # the hub's own cache layout
+    assert _cache_files(ours) == []  # nothing duplicated into ours
+    loaded = create_model(NAME, num_classes=1000, checkpoint=path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    # a timm user's cache serves us offline: no request, whatever DEIT_OFFLINE and HF_HUB_OFFLINE say
+    server.stop()
+    monkeypatch.setenv("DEIT_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_pretrained_file(NAME, weights=[_hub_weight()], cache_dir=ours) == path
+
+
+def test_a_hub_copy_the_hub_cannot_give_is_one_line(server, hf_cache, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the hub's own offline switch
+    with pytest.raises(DownloadError, match=f"could not download {HUB_ID}/model.safetensors from the Hugging Face "
+                                            "hub") as caught:
+        resolve_pretrained_file(NAME, weights=[_hub_weight()], cache_dir=tmp_path / "deit-cache", mirror=server.base)
+    assert "\n" not in str(caught.value) and server.requests == []
