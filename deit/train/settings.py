@@ -606,9 +606,11 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def field_types() -> dict[str, Any]:
+@functools.cache
+def field_types() -> types.MappingProxyType:
+    """Each field's type annotation, resolved once (``validate`` reads it for every field)."""
     hints = typing.get_type_hints(TrainConfig)
-    return {name: hints[name] for name in FIELD_NAMES}
+    return types.MappingProxyType({name: hints[name] for name in FIELD_NAMES})
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainConfig:
