@@ -22,13 +22,15 @@ seeds' spread (the sample standard deviation of the per-seed differences).
 Results are kept per size, seed and model in ``benchmarks/results/data_size_curve.json`` (a
 run there is not run again; an interrupted one resumes from its ``last.pth``); the table goes
 to ``benchmarks/data_size_curve.md`` and the picture to ``docs/results/data_size_curve.png``.
-Accuracies do not depend on the machine's load; run it alone all the same, the wall times
-are reported.
+Accuracies do not depend on the machine's load (the budget is in images seen); the wall
+times do, so each row records the one-minute load average at its end (``load_1min``; about
+2 on this 2-core machine when the run is alone).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -70,7 +72,7 @@ def run_one(role: str, size: int, seed: int, work: Path) -> dict[str, Any]:
     result = train(load_config(None, dict(values, resume=(Path(values["output"]) / "last.pth").is_file())))
     return {"role": role, "size": size, "seed": seed, "top1": result.final["val_acc1"],
             "images_seen": result.final.get("images_seen"), "epochs": result.epochs_run,
-            "wall_s": time.perf_counter() - start}
+            "wall_s": time.perf_counter() - start, "load_1min": os.getloadavg()[0]}
 
 
 def _runs(results: dict[str, Any], role: str, size: int) -> dict[int, float]:
