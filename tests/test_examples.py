@@ -46,6 +46,7 @@ def import_example(script: str):
     return module
 
 
+@pytest.mark.slow
 def test_infer_official_checkpoint_matches_timm(tmp_path):
     """~8 s: a stand-in official DeiT-Ti⚗ checkpoint, converted; logits and top-5 against timm."""
     import timm

@@ -121,14 +121,17 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
     return peak - baseline
 
 
-def gemm_peak_flops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 5) -> float:
+def gemm_peak_flops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 10,
+                    warmup: int = 3) -> float:
     """This machine's achievable matmul rate: the best FLOP/s of ``repeats`` timed
-    ``size``² @ ``size``² products after one warm-up (interference only ever slows a run
-    down, so the best is the least disturbed)."""
+    ``size``² @ ``size``² products after ``warmup`` untimed ones (interference only ever
+    slows a run down, so the best is the least disturbed). Several warm-ups: after one, a
+    2-core CPU can still be cold (thread pool, pages), halving the peak and doubling the MFU."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)
+    for _ in range(warmup):
+        torch.mm(a, b, out=out)
     times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(repeats)]
     return 2 * size ** 3 / min(times)
 

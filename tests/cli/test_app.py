@@ -66,6 +66,7 @@ def test_errors_are_one_line_messages_not_tracebacks(tmp_path, capsys):
     assert "must end in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "deit", "list-models", "convnext"], capture_output=True,
                             text=True, check=True)

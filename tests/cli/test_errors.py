@@ -53,6 +53,7 @@ def _with_func(parser, command, func):
     return parser
 
 
+@pytest.mark.slow
 def test_debug_traceback_from_the_installed_entry_point():
     run = subprocess.run([sys.executable, "-m", "deit", "--debug", "info", "no_such_model"], capture_output=True,
                          text=True)

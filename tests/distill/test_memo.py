@@ -65,6 +65,7 @@ def test_views_repeat_only_without_random_augmentation():
     assert not views_repeat(paper)
 
 
+@pytest.mark.slow
 def test_a_distilled_run_with_the_memo_trains_as_with_the_live_teacher(tmp_path):
     """digits, whole images (no flip for digits): in epoch 2 the teacher runs only on the
     images that epoch 1's loader dropped with its last partial batch."""

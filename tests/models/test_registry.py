@@ -9,6 +9,7 @@ from deit.models.registry import model_family
 
 ALL = list_models()
 BIG = {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}
+BASE = {"deit_base_patch16_224", "deit_base_distilled_patch16_224"}  # ~2.5 s each: the slow tier
 
 
 def _input_for(model) -> torch.Tensor:
@@ -18,7 +19,8 @@ def _input_for(model) -> torch.Tensor:
     return torch.randn(2, 3, size, size)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in BIG])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BASE else n
+                                  for n in ALL if n not in BIG])
 def test_forward_backward_every_registered_model(name):
     model = create_model(name, num_classes=7).train()
     x = _input_for(model)

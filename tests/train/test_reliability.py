@@ -158,6 +158,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_io_error_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     """A real IO error from the kernel (file-size limit: what a full disk looks like to the
     writer) while writing last.pth: the previous last.pth, metrics and config are intact,
