@@ -248,9 +248,10 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     """
     resolved = resolve_teacher_name(name, image_size)
     hint = make_teacher_hint(resolved)
+    teacher_size = image_size  # the side it was trained at: its checkpoint's data_config says, when it has one
 
     def expected(channels: int) -> str:
-        size = (f", image_size={image_size}" if not resolved.startswith(TIMM_PREFIX)
+        size = (f", image_size={teacher_size}" if not resolved.startswith(TIMM_PREFIX)
                 and model_family(resolved) == "vit" else "")
         return f"teacher {resolved} with num_classes={num_classes}, in_channels={channels}{size}"
 
@@ -263,22 +264,28 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     if not renormalise and (teacher_mean is not None or teacher_std is not None):
         raise ConfigError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
                           "student's statistics too (input_mean=, input_std=)")
+    state_dict, info = extract_state_dict(obj, metadata, source=str(path))
+    data_config = info.get("data_config") or (obj.get("data_config") if isinstance(obj, Mapping) else None)
+    data_config = data_config if isinstance(data_config, Mapping) else None  # deit train checkpoints hold one
+    teacher_size = int(data_config.get("image_size") or image_size) if data_config else image_size
     spec = TeacherInput(in_channels)
     if renormalise:
-        state_dict, info = extract_state_dict(obj, metadata, source=str(path))
-        data_config = info.get("data_config") or obj.get("data_config")  # deit train checkpoints hold one
-        spec = resolve_teacher_input(resolved, student_channels=in_channels,
-                                     data_config=data_config if isinstance(data_config, Mapping) else None,
+        spec = resolve_teacher_input(resolved, student_channels=in_channels, data_config=data_config,
                                      state_dict=state_dict, mean=teacher_mean, std=teacher_std)
     channels = spec.in_channels
-    teacher = build_teacher(resolved, num_classes=num_classes, in_channels=channels, image_size=image_size)
+    teacher = build_teacher(resolved, num_classes=num_classes, in_channels=channels, image_size=teacher_size)
     load_checkpoint_object(teacher, obj, metadata, path, allow_head_reset=False, expected=expected(channels),
                            hint=hint)
     teacher.teacher_name = resolved
     teacher.eval()
     teacher.requires_grad_(False)
+    resize = teacher_size if teacher_size != image_size else None
+    if resize is not None:
+        logger.info("the teacher %s was trained on %d px images (%s records it); the student's %d px batches are "
+                    "resized to %d px for it", resolved, teacher_size, path, image_size, teacher_size)
     if not renormalise:
-        return teacher
+        return teacher if resize is None else \
+            TeacherInputNorm.as_is(teacher, in_channels, input_size=resize).eval().requires_grad_(False)
     student_mean = _per_channel(input_mean, in_channels, "the student's mean")
     student_std = _per_channel(input_std, in_channels, "the student's std")
     if spec.mean is not None:
@@ -286,11 +293,13 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     else:  # unknown: the student's pipeline, carried over to the teacher's channels
         mean, std = stats_for_channels(student_mean, channels), stats_for_channels(student_std, channels)
     if channels == in_channels and same_statistics(student_mean, student_std, mean, std):
-        return teacher
-    fmt = format_statistics
-    logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s std %s "
-                "(%d channel(s)): inputs re-normalised for the teacher", fmt(mean), fmt(std), spec.source,
-                channels, fmt(student_mean), fmt(student_std), in_channels)
+        if resize is None:
+            return teacher
+    else:
+        fmt = format_statistics
+        logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s "
+                    "std %s (%d channel(s)): inputs re-normalised for the teacher", fmt(mean), fmt(std), spec.source,
+                    channels, fmt(student_mean), fmt(student_std), in_channels)
     wrapped = TeacherInputNorm(teacher, student_mean=student_mean, student_std=student_std, teacher_mean=mean,
-                               teacher_std=std)
+                               teacher_std=std, input_size=resize)
     return wrapped.eval().requires_grad_(False)

@@ -476,7 +476,7 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     # seed API; any other student is distilled on its one head by the loss, which runs the teacher
     carries_teacher = hasattr(model, "set_teacher")
     if distilling and carries_teacher and teacher_cache is None and teacher_memo is None:
-        model.set_teacher(teacher)
+        model.set_teacher(teacher, inputs="student")  # load_teacher converts the inputs when they differ
     if teacher is not None:
         teacher.to(device)
 

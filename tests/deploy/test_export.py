@@ -148,7 +148,7 @@ def test_predict_needs_exactly_one_model_source(trained_checkpoint, digit_images
 
 def test_export_head_wrapper_is_the_student_only(distilled):
     teacher = create_model("convnext_atto_32", num_classes=10, in_channels=1).eval()
-    distilled.set_teacher(teacher)
+    distilled.set_teacher(teacher, inputs="student")
     try:
         wrapper = ExportHead(distilled, "all")
         names = {name for name, _ in wrapper.named_parameters()}

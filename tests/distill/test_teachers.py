@@ -96,7 +96,7 @@ def test_deit_teacher_holding_its_own_teacher_does_not_run_it():
     calls = []
     grand_teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 6))
     grand_teacher.register_forward_hook(lambda *args: calls.append(1))
-    teacher = perturb_(DeiT(**SMALL, teacher_model_name=grand_teacher))
+    teacher = perturb_(DeiT(**SMALL, teacher_model_name=grand_teacher, teacher_inputs="student"))
     x = torch.randn(2, 3, 16, 16)
     out = teacher_logits(teacher, x, 6)
     assert calls == []
@@ -120,7 +120,7 @@ def test_student_loss_and_evaluation_use_one_helper_with_a_distilled_deit_teache
     with torch.no_grad():
         want = reference(x)  # (B, K), timm's eval output
 
-    student = DeiT(**SMALL, teacher_model_name=teacher).train()
+    student = DeiT(**SMALL, teacher_model_name=teacher, teacher_inputs="student").train()
     (_, _), got = student(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
