@@ -506,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the device's)")
     p.add_argument("--tasks", help="comma-separated: inference, train (DeiT⚗ step with a ConvNeXt teacher), distill "
                                    "(DeiT⚗ step with the paper's RegNetY-16GF teacher: live, from the teacher cache, "
-                                   "undistilled, timm's), deploy (CPU inference: fp32, int8, compiled; ours and "
-                                   "timm's) (default: all)")
+                                   "undistilled, timm's, timm's TokenDistillationTask), deploy (CPU inference: "
+                                   "fp32, int8, compiled; ours and timm's) (default: all)")
     p.add_argument("--distill-teacher", help="timm teacher of the distill task (default regnety_160, the paper's)")
     p.add_argument("--no-compile", action="store_true", help="deploy task: leave out the torch.compile rows (each "
                                                              "compilation takes about a minute on CPU)")
