@@ -557,7 +557,7 @@ def bench_train(phase: _Phase) -> None:
                           "(--train-model)")
     teacher = create_model(cfg.teacher, num_classes=ours.num_classes, in_channels=ours.in_channels).eval()
     peer_teacher = copy.deepcopy(teacher).to(device).requires_grad_(False)  # as the official code: NCHW, no_grad
-    ours.set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    ours.set_teacher(teacher, inputs="student")  # ours: frozen, channels-last, inference mode
     peer.set_distilled_training(True)
     criterion = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="hard")
     peer_criterion = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), peer_teacher, "hard", 0.5, 3.0)
@@ -612,7 +612,7 @@ def distill_steps(cfg: BenchmarkConfig, device: torch.device, mode: str,
     teacher = timm.create_model(cfg.distill_teacher, num_classes=reference.num_classes,
                                 in_chans=reference.in_channels).eval().requires_grad_(False)
     peer_teacher = copy.deepcopy(teacher).to(device)  # as the official code: NCHW, torch.no_grad
-    students["ours"].set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    students["ours"].set_teacher(teacher, inputs="student")  # frozen, channels-last, inference mode
     batch = cfg.train_batch
     gen = torch.Generator().manual_seed(cfg.seed)
     size = reference.image_size
