@@ -36,6 +36,7 @@ from deit.data import build_loader, build_transform, dataset_mean_std, load_data
 from deit.data.datasets import FolderDataset, dataset_fingerprint, stratified_indices, typical_image_side
 from deit.data.replay import ReplayMixup
 from deit.distill.cache import TeacherCache, device_kind, module_fingerprint
+from deit.models.teacher_output import TeacherInputNorm, format_statistics, same_statistics
 from deit.distill.losses import PAPER_TAU, DistillationLoss, build_base_criterion
 from deit.distill.memo import TeacherMemo, views_repeat
 from deit.distill.teachers import TIMM_PREFIX, load_teacher, resolve_teacher_name
@@ -68,6 +69,7 @@ from deit.weights.layouts import (
 logger = logging.getLogger("deit")
 
 LOOP_SEED_OFFSET = 1_000_003
+MODULE_TEACHER_PREFIX = "module:"  # teacher_model of a run whose teacher was given as a module (train(teacher=))
 
 # Settings that define the model: a resumed run must not change them.
 MODEL_DEFINING = ("model", "num_classes", "image_size", "in_channels", "dataset", "teacher_model",
@@ -328,10 +330,37 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
     return model
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inputs: str | None = None) -> TrainResult:
     """Run (or resume) a training run; returns its final metrics. A ``config`` from
     :func:`deit.train.settings.load_config` that names no recipe gets the one its data call for
-    (:func:`settle_recipe`)."""
+    (:func:`settle_recipe`).
+
+    ``teacher``: a teacher given as a module (any ``nn.Module`` returning ``(B, K)`` logits)
+    instead of ``config.teacher_model``, which then only labels it (``module:<class>`` when
+    unset). Its inputs as :func:`adopt_teacher_module` settles them (``teacher_inputs="student"``:
+    it takes the student's batches as they are). Everything else of a run applies: recipes,
+    EMA, the teacher cache and memo, DDP under torchrun, and resume, which needs the same teacher
+    again (its weights digest is recorded in the checkpoint and checked).
+    """
+    if teacher is not None:
+        if not isinstance(teacher, nn.Module):
+            raise ConfigError(f"teacher={type(teacher).__name__} is invalid; expected an nn.Module returning logits")
+        if config.teacher_model is None:
+            given = config.settings_given
+            config = dataclasses.replace(config, teacher_model=f"{MODULE_TEACHER_PREFIX}{type(teacher).__name__}")
+            config.settings_given = None if given is None else given | {"teacher_model"}
+            if config.recipe is not None and given is not None:  # the recipe's distillation keys, now it has a teacher
+                recipe, unsettled = config.recipe, dataclasses.replace(config, recipe=None)
+                unsettled.settings_given = config.settings_given
+                config = apply_recipe(unsettled, recipe)
+        elif not config.teacher_model.startswith(MODULE_TEACHER_PREFIX):
+            raise ConfigError(f"two teachers: teacher_model={config.teacher_model!r} (--teacher-model) and the module "
+                              "given as teacher=; give one")
+        if config.teacher_checkpoint is not None or config.teacher_pretrained:
+            raise ConfigError("a teacher given as a module carries its own weights: drop teacher_checkpoint / "
+                              "teacher_pretrained (--teacher-checkpoint / --teacher-pretrained)")
+    elif teacher_inputs is not None:
+        raise ConfigError("teacher_inputs= describes a teacher given as a module (teacher=)")
     config.validate()
     env = distributed.detect()
     device = resolve_device(config.device, env)
@@ -342,7 +371,7 @@ def train(config: TrainConfig) -> TrainResult:
             check_output_dir(output, config.resume)
         distributed.init(env, device)
         with deterministic_algorithms(config.deterministic):
-            return _train(config, env, device, output)
+            return _train(config, env, device, output, TeacherModule(teacher, teacher_inputs))
     except BaseException:  # also Ctrl-C: a run without a checkpoint leaves no empty folder behind
         if created is not None:
             remove_unfinished_run(output, created)
@@ -414,10 +443,20 @@ class Run:
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
     throughput: list[float] = field(default_factory=list)  # train images/s, per epoch
     teacher_cache: TeacherCache | None = None  # the distillation targets' store (--teacher-cache)
+    inputs_record: dict[str, Any] = field(default_factory=dict)  # the teacher and data it trains on (resume checks)
     teacher_memo: TeacherMemo | None = None  # the teacher's logits per distinct view, when views repeat
 
 
-def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
+@dataclass(frozen=True)
+class TeacherModule:
+    """A teacher given to :func:`train` as a module, and how it takes the student's batches."""
+
+    module: nn.Module | None = None
+    inputs: str | None = None
+
+
+def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path,
+           given: TeacherModule = TeacherModule()) -> TrainResult:
     start_time = time.perf_counter()
     seed_everything(config.seed + env.rank)
     saved = load_training_checkpoint(output / "last.pth") if config.resume else None
@@ -427,9 +466,10 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     config = settle_views(config, train_set, env, saved_config, log=env.is_main)
     if saved is not None:
         check_resume_compatible(saved_config, config)
-    run = setup(config, env, device, output, train_set=train_set, saved_config=saved_config)
+    run = setup(config, env, device, output, train_set=train_set, saved_config=saved_config, given=given)
     run.start_time = start_time  # the wall time includes loading the data and building the model
     if saved is not None:
+        check_same_inputs(saved.get("inputs_record"), run.inputs_record)
         resume(run, saved)
     else:
         # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
@@ -446,7 +486,7 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
 
 def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path, train_set=None,
-          saved_config: dict[str, Any] | None = None) -> Run:
+          saved_config: dict[str, Any] | None = None, given: TeacherModule = TeacherModule()) -> Run:
     """Data, model and teacher, then the recipe: AdamW at the paper's scaled learning rate
     (Table 9), Mixup/CutMix, the distillation loss, AMP; then :func:`plan_run`: the length
     and the cosine schedule. ``saved_config``: the config of the run being resumed."""
@@ -456,7 +496,11 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
         raise ConfigError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
                           "drop --num-classes or set it to the data set's")
     model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
-    teacher = build_teacher(config, num_classes, data_config)
+    if given.module is not None and config.distillation_type == "none":
+        raise ConfigError("a teacher was given (teacher=) but distillation_type is 'none': set distillation_type "
+                          "'hard' or 'soft' (--distillation-type), or a recipe with a teacher's settings")
+    teacher = build_teacher(config, num_classes, data_config) if given.module is None else \
+        adopt_teacher_module(given.module, config, data_config, inputs=given.inputs, log=env.is_main)
     distilling = teacher is not None and config.distillation_type != "none"
     amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     teacher_cache = build_teacher_cache(config, env, device, train_loader, teacher, num_classes, amp) \
@@ -505,6 +549,7 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
               teacher=teacher, ema=ema, optimizer=optimizer, scheduler=None, scaler=scaler, criterion=criterion,
               mixup_fn=mixup_fn, amp=amp, resolved={}, lr=lr, effective_batch=effective_batch,
               updates_per_epoch=updates_per_epoch, teacher_cache=teacher_cache, teacher_memo=teacher_memo)
+    run.inputs_record = inputs_record(config, train_loader, teacher)
     plan_run(run, saved_config)
     return run
 
@@ -620,6 +665,9 @@ def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, 
     """The frozen teacher of ``--teacher-model`` (paper §4), or ``None``."""
     if not config.teacher_model:
         return None
+    if config.teacher_model.startswith(MODULE_TEACHER_PREFIX):
+        raise ConfigError(f"teacher_model={config.teacher_model!r} was a module given in Python: give it again, "
+                          "train(config, teacher=module)")
     teacher_checkpoint = config.teacher_checkpoint
     if config.teacher_pretrained and teacher_checkpoint is None:  # the teacher's published weights
 
@@ -633,6 +681,83 @@ def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, 
                         image_size=data_config["image_size"], checkpoint=teacher_checkpoint,
                         input_mean=data_config["mean"], input_std=data_config["std"],
                         teacher_mean=config.teacher_mean, teacher_std=config.teacher_std)
+
+
+def adopt_teacher_module(module: nn.Module, config: TrainConfig, data_config: dict[str, Any], *,
+                         inputs: str | None = None, log: bool = True) -> nn.Module:
+    """A teacher given as a module, frozen, taking the student's batches. What it was trained
+    on comes from, in order: the module itself when it is a
+    :class:`~deit.models.teacher_output.TeacherInputNorm`; ``teacher_mean`` / ``teacher_std``
+    (the student's batches are converted to them); ``inputs="student"`` (taken as they are);
+    the module's ``pretrained_cfg`` mean/std (a timm model's, as timm's
+    ``DistillationTeacher`` in ``timm/task/distillation.py`` reads them). Otherwise one line
+    says what to give: a module fed another normalisation than it learned loses its accuracy
+    without a word."""
+    if inputs not in (None, "student"):
+        raise ConfigError(f"teacher_inputs={inputs!r} is invalid; expected 'student' (the teacher takes the student's "
+                          "batches as they are) or None")
+    module.eval().requires_grad_(False)
+    channels = data_config["in_channels"]
+    student = dict(student_mean=data_config["mean"], student_std=data_config["std"])
+    name = type(module).__name__
+    if isinstance(module, TeacherInputNorm):
+        return module
+    if config.teacher_mean is not None:
+        mean, std, source = config.teacher_mean, config.teacher_std, "teacher_mean/teacher_std"
+    elif inputs == "student":
+        if log:
+            logger.info("teacher %s takes the student's batches as they are (teacher_inputs='student')", name)
+        return module
+    else:
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        mean, std, source = cfg.get("mean"), cfg.get("std"), f"{name}.pretrained_cfg"
+        if not (mean and std and len(mean) == len(std) == channels):
+            raise ConfigError(
+                f"which inputs does the teacher {name} take? Give its normalisation (teacher_mean=, teacher_std=; "
+                f"--teacher-mean/--teacher-std), or teacher_inputs='student' if it was trained on batches normalised "
+                f"as the student's (mean {format_statistics(data_config['mean'])} std "
+                f"{format_statistics(data_config['std'])}), or pass it wrapped in deit.TeacherInputNorm")
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) == len(data_config["mean"]) and same_statistics(data_config["mean"], data_config["std"], mean, std):
+        return module
+    if log:
+        logger.info("teacher %s normalisation mean %s std %s (%s) differs from the student's mean %s std %s: inputs "
+                    "re-normalised for the teacher", name, format_statistics(mean), format_statistics(std), source,
+                    format_statistics(data_config["mean"]), format_statistics(data_config["std"]))
+    return TeacherInputNorm(module, teacher_mean=mean, teacher_std=std, **student).eval().requires_grad_(False)
+
+
+def inputs_record(config: TrainConfig, train_loader, teacher: nn.Module | None) -> dict[str, Any]:
+    """What a run trains on, beyond its settings: the teacher's weights digest (a teacher given
+    as a module is recorded by it alone) and the training images' count and fingerprint (as the
+    teacher cache records them, :mod:`deit.distill.cache`). Kept in each checkpoint; a resume
+    must be given the same (:func:`check_same_inputs`)."""
+    data = train_loader.dataset.dataset  # under deit.data.replay.ReplayDataset
+    try:
+        fingerprint = dataset_fingerprint(data)
+    except ConfigError:  # a data set of a kind without a fingerprint: its length is checked
+        fingerprint = None
+    return {"teacher_model": config.teacher_model if teacher is not None else None,
+            "teacher_weights_sha256": module_fingerprint(teacher) if teacher is not None else None,
+            "dataset_size": len(data), "dataset_fingerprint": fingerprint}
+
+
+def check_same_inputs(saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """A resumed run trains on the teacher and data it started with; checkpoints written before
+    runs recorded them are resumed unchecked."""
+    if not saved:
+        return
+    if saved.get("teacher_weights_sha256") != current.get("teacher_weights_sha256"):
+        was, now = saved.get("teacher_weights_sha256"), current.get("teacher_weights_sha256")
+        raise ConfigError(
+            f"cannot resume: the teacher is not the one this run trained with (weights digest "
+            f"{(now or 'no teacher')[:12]}, recorded {(was or 'no teacher')[:12]} for {saved.get('teacher_model')}); "
+            "give the same teacher: the same --teacher-model and --teacher-checkpoint, or in Python the same module "
+            "as train(config, teacher=...)")
+    for key, what in (("dataset_size", "images"), ("dataset_fingerprint", "fingerprint")):
+        if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]:
+            raise ConfigError(f"cannot resume: the training data are not those this run trained on ({what}: "
+                              f"{current[key]} now, {saved[key]} recorded); give the same --dataset / data set")
 
 
 def build_mixup(config: TrainConfig, num_classes: int):
@@ -807,7 +932,7 @@ def save_epoch(run: Run, epoch: int, metrics: dict[str, Any], improved: bool) ->
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "ema": run.ema.module.state_dict() if run.ema is not None else None, "rng": rng_states,
-        "best_acc1": run.best_acc1, "metrics": metrics,
+        "best_acc1": run.best_acc1, "metrics": metrics, "inputs_record": run.inputs_record,
     }
     save_training_checkpoint(run.output / "last.pth", payload)
     if improved:

@@ -339,7 +339,8 @@ class TrainConfig:
                 check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
             raise ConfigError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
-                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
+                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none (in "
+                              "Python, teacher_model='module:<label>' for a module given as train(config, teacher=))")
         for name in ("teacher_mean", "teacher_std"):
             values = getattr(self, name)
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
