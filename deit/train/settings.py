@@ -135,11 +135,13 @@ class TrainConfig:
         " --image-size, a head of another size re-initialised")
     # --- teacher and distillation (paper §4) -----------------------------------------------
     teacher_model: str | None = setting(None, "distillation",
-        "teacher architecture: 'ConvNeXt', a registered name or 'timm:<name>' (the paper's best teacher is a "
-        "RegNetY-16GF convnet, Table 2)")
+        "the teacher: 'ConvNeXt', a registered name, 'timm:<name>', 'torchvision:<name>', an HF "
+        "save_pretrained folder, 'path/to/file.py:factory' or a .onnx file run by ONNX Runtime (the paper's best "
+        "teacher is a RegNetY-16GF convnet, Table 2)")
     teacher_checkpoint: str | None = setting(None, "distillation",
-        "weights file of the teacher: written by deit train, save_model, timm (a state dict) or an official "
-        "release")
+        "weights file of the teacher: written by deit train, save_model, timm or torchvision (a state dict) or an "
+        "official release; for torchvision:<name> also a weights name (IMAGENET1K_V1, DEFAULT) read from "
+        "torchvision's cache")
     teacher_pretrained: bool = setting(False, "distillation",
         "load the teacher's published weights (registered names with published weights, docs/models.md): "
         "checkpoint folder, download cache, else downloaded and verified; --teacher-checkpoint wins when given")
