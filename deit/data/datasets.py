@@ -13,6 +13,8 @@ name               source
                    ``dataset-fashion-mnist``): 60000 train / 10000 val (the test set).
 ``mnist``          the same IDX layout; ``data_dir`` is required.
 a directory        an ImageFolder root holding ``train/`` and ``val/`` class folders.
+python:<label>     torch Datasets given in Python (``train(config, train_data=...,
+                   val_data=...)``, :mod:`deit.data.torch_datasets`); nothing to load.
 =================  ===============================================================
 
 Built-in names take priority over a directory of the same name (use ``./digits``).
@@ -38,6 +40,7 @@ from torchvision.datasets.folder import find_classes
 from deit.core.errors import ConfigError, DeitError
 from deit.core.validation import check_choice, check_non_negative_int
 from deit.data.decode import load_image, stored_channels
+from deit.data.torch_datasets import PYTHON_DATASET_PREFIX, TorchImageDataset
 
 BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
 
@@ -425,6 +428,9 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
         return _load_folder(Path(key), split, transform, bad_images)
+    if key.startswith(PYTHON_DATASET_PREFIX):
+        raise ConfigError(f"data set {key!r} was given in Python as torch Datasets, which no file holds: give them "
+                          "again, train(config, train_data=..., val_data=...), or name a data set (--dataset)")
     raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                       "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
 
@@ -463,8 +469,12 @@ def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
     """Per-channel normalisation constants in [0, 1] units: ``(mean, std)``.
 
     For an :class:`ArrayImageDataset` they are computed exactly from its image array —
-    pass the TRAINING split. For an image folder they are timm's ImageNet constants.
+    pass the TRAINING split —, and so for a :class:`~deit.data.torch_datasets.TorchImageDataset`
+    read in full, from its pixel histograms. For an image folder (and a torch Dataset too large
+    to read in full) they are timm's ImageNet constants.
     """
+    if isinstance(dataset, TorchImageDataset) and dataset.mean_std is not None:
+        return dataset.mean_std
     if isinstance(dataset, ArrayImageDataset):
         pixels = dataset.images.reshape(-1, dataset.channels)            # (N*H*W, C) uint8
         values = np.arange(256, dtype=np.float64) / 255.0                # (256,)
@@ -488,13 +498,16 @@ def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
 
 def typical_image_side(dataset: Dataset, probe: int = FolderDataset.PROBE_FILES) -> int | None:
     """The longer side in pixels of ``dataset``'s stored images: the array's side for an
-    in-memory set; for an image folder the median over the headers of up to ``probe``
-    files spread evenly over the sorted file list (so over the classes), as
-    :meth:`FolderDataset._probe_channels` reads them. ``None`` if no file can be read."""
+    in-memory set; the median over the items read for a torch Dataset of varying sizes
+    (:class:`~deit.data.torch_datasets.TorchImageDataset`); for an image folder the median over
+    the headers of up to ``probe`` files spread evenly over the sorted file list (so over the
+    classes), as :meth:`FolderDataset._probe_channels` reads them. ``None`` if no file can be read."""
     while hasattr(dataset, "dataset"):  # through a Subset and the replay wrapper
         dataset = dataset.dataset
     if getattr(dataset, "native_size", None) is not None:
         return int(dataset.native_size)
+    if isinstance(dataset, TorchImageDataset):
+        return dataset.median_side
     samples = getattr(dataset, "samples", None)
     if not samples:
         return None
@@ -529,7 +542,10 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """A SHA-256 naming the images and labels of ``dataset``, what a teacher-output cache
     records (:mod:`deit.distill.cache`): for an image folder the file list with each file's
     class, size and modification time (reading every file would cost as much as an epoch);
-    for an in-memory set the content of its arrays; through a ``Subset`` its indices too.
+    for an in-memory set the content of its arrays; for a torch Dataset given in Python the
+    digest of its items that :class:`~deit.data.torch_datasets.TorchImageDataset` takes when it
+    wraps it (every image's pixels and label, or for a large set its length and a sample of
+    items); through a ``Subset`` its indices too.
     """
     import hashlib
 
@@ -541,6 +557,8 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         digest.update(b"array" + repr(dataset.images.shape).encode())
         digest.update(np.ascontiguousarray(dataset.images).tobytes())
         digest.update(dataset.targets_array.tobytes())
+    elif isinstance(dataset, TorchImageDataset):
+        digest.update(b"python" + dataset.fingerprint.encode())
     elif isinstance(dataset, ImageFolder):
         digest.update(b"folder")
         root = Path(dataset.root)
@@ -549,6 +567,6 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             digest.update(f"{Path(path).relative_to(root)}\0{target}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     else:
         raise ConfigError(f"cannot fingerprint a {type(dataset).__name__}; expected an ImageFolder, an "
-                          "ArrayImageDataset or a Subset of one")
+                          "ArrayImageDataset, a TorchImageDataset or a Subset of one")
     digest.update(repr(list(getattr(dataset, "classes", []))).encode())
     return digest.hexdigest()

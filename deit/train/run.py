@@ -29,17 +29,20 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from torch.utils.data import Dataset
 
 from deit.core.errors import ConfigError
 from deit.core.fileio import write_text_atomic
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
 from deit.data.datasets import FolderDataset, dataset_fingerprint, stratified_indices, typical_image_side
 from deit.data.replay import ReplayMixup
+from deit.data.torch_datasets import PYTHON_DATASET_PREFIX, TorchImageDataset
 from deit.distill.cache import TeacherCache, device_kind, module_fingerprint
 from deit.models.teacher_output import TeacherInputNorm, format_statistics, same_statistics
 from deit.distill.losses import PAPER_TAU, DistillationLoss, build_base_criterion
 from deit.distill.memo import TeacherMemo, views_repeat
 from deit.distill.teachers import TIMM_PREFIX, load_teacher, resolve_teacher_name
+from deit.models.outputs import classifier_heads
 from deit.models.registry import get_pretrained_cfg, model_family
 from deit.train import distributed
 from deit.train.budget import (
@@ -70,6 +73,7 @@ logger = logging.getLogger("deit")
 
 LOOP_SEED_OFFSET = 1_000_003
 MODULE_TEACHER_PREFIX = "module:"  # teacher_model of a run whose teacher was given as a module (train(teacher=))
+MODULE_STUDENT_PREFIX = "module:"  # model of a run whose student was given as a module (train(student=))
 
 # Settings that define the model: a resumed run must not change them.
 MODEL_DEFINING = ("model", "num_classes", "image_size", "in_channels", "dataset", "teacher_model",
@@ -258,13 +262,17 @@ KEEP_DECODED_BYTES = 1 << 30
 60,000-image 64 px RGB folder, ~7,000 photos at 224 px."""
 
 
-def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
+def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None, val_set=None):
     """Datasets, loaders and the data settings that a checkpoint records for prediction.
-    ``train_set``: the training split already loaded (:func:`load_train_set`)."""
+    ``train_set``: the training split already loaded (:func:`load_train_set`); ``val_set``: the
+    validation split, when given in Python (else loaded here)."""
     if train_set is None:
         train_set = load_train_set(config)  # decoded once; transform set below
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
+    if image_size is None and config.model.startswith(MODULE_STUDENT_PREFIX):
+        raise ConfigError(f"the images of {config.dataset} vary in size and the student {config.model} records no "
+                          "image_size: set image_size (--image-size), the side it takes")
     if image_size is None:  # ImageFolder: the size the variant is made for (timm's pretrained_cfg input_size)
         image_size = variant_input_size(config.model)
     mean, std = dataset_mean_std(config.dataset, train_set)
@@ -275,7 +283,9 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
                                reprob=config.reprob, hflip=hflip, scale=tuple(config.scale), **common)
     eval_tf = build_transform(is_train=False, **common)
     train_set.transform = train_tf
-    val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf, bad_images=config.bad_images)
+    if val_set is None:
+        val_set = load_dataset(config.dataset, "val", config.data_dir, bad_images=config.bad_images)
+    val_set.transform = eval_tf
     if config.keep_decoded:
         for split in (train_set, val_set):
             if isinstance(split, FolderDataset):
@@ -315,6 +325,9 @@ def variant_input_size(name: str) -> int:
 
 
 def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    if config.model.startswith(MODULE_STUDENT_PREFIX):
+        raise ConfigError(f"model={config.model!r} was a module given in Python: give it again, "
+                          "train(config, student=module)")
     overrides: dict[str, Any] = dict(num_classes=num_classes, in_channels=in_channels)
     if model_family(config.model) == "vit":
         overrides.update(image_size=image_size, stochastic_depth=config.drop_path > 0,
@@ -330,7 +343,44 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
     return model
 
 
-def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inputs: str | None = None) -> TrainResult:
+def adopt_student_module(module: nn.Module, num_classes: int, data_config: dict[str, Any],
+                         log: bool = True) -> nn.Module:
+    """A student given as a module, trained in place, once it has answered a batch of the run's
+    inputs, zeros (2, C, S, S), with ``(2, num_classes)`` logits from each of its heads
+    (:func:`deit.models.outputs.classifier_heads`: two for a module with ``forward_heads``, the
+    output of any other). A module carrying a teacher of its own (a DeiT built with one) is
+    refused: the run's teacher is the one given to the run, whose digest it records."""
+    name = type(module).__name__
+    if hasattr(module, "set_teacher") and getattr(module, "teacher", None) is not None:
+        raise ConfigError(f"the student {name} carries a teacher of its own: remove it (set_teacher(None)) and give "
+                          "the teacher to the run (teacher=, or teacher_model)")
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        raise ConfigError(f"the student {name} has no parameters to train")
+    channels, side = data_config["in_channels"], data_config["image_size"]
+    probe = torch.zeros(2, channels, side, side, device=parameter.device, dtype=parameter.dtype)  # (2, C, S, S)
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            heads = classifier_heads(module.eval(), probe)
+    except Exception as err:  # any error of the user's forward: the inputs it was given are the likely cause
+        raise ConfigError(f"the student {name} fails on a batch of the run's inputs of shape {tuple(probe.shape)} "
+                          f"({type(err).__name__}: {err}); set image_size / in_channels to what it takes") from None
+    finally:
+        module.train(was_training)
+    shapes = [tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__ for h in heads if h is not None]
+    if any(shape != (2, num_classes) for shape in shapes):
+        raise ConfigError(f"the student {name} answers a batch of 2 images with {shapes[0]}; expected (2, "
+                          f"{num_classes}) logits, one per class of the data")
+    if log:
+        logger.info("student %s given as a module: %s", name, "two heads, the distillation token's learns from the "
+                    "teacher" if heads.distilled else "one head, which also learns from the teacher when there is one")
+    return module
+
+
+def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inputs: str | None = None,
+          student: nn.Module | None = None, train_data: Dataset | None = None, val_data: Dataset | None = None
+          ) -> TrainResult:
     """Run (or resume) a training run; returns its final metrics. A ``config`` from
     :func:`deit.train.settings.load_config` that names no recipe gets the one its data call for
     (:func:`settle_recipe`).
@@ -341,7 +391,29 @@ def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inpu
     it takes the student's batches as they are). Everything else of a run applies: recipes,
     EMA, the teacher cache and memo, DDP under torchrun, and resume, which needs the same teacher
     again (its weights digest is recorded in the checkpoint and checked).
+
+    ``student``: a student given as a module instead of ``config.model``, which then only labels
+    it (``module:<class>`` when left at its default); it is trained in place. A module with
+    ``forward_heads`` and two heads (a distilled DeiT) gets token distillation: its distillation
+    head learns from the teacher, its class head from the labels; any other classifier returning
+    ``(B, K)`` logits is distilled on its one head (the paper's usual distillation). Its
+    ``image_size`` / ``in_channels`` attributes, when it has them and the config leaves them
+    unset, are the inputs it gets (:func:`adopt_student_module` checks it answers them);
+    ``drop_path`` is the module's business and ``finetune`` does not apply. Checkpoints hold its
+    state dict and class; resume needs a module of the same class and state-dict entries again,
+    and nothing rebuilds it from a checkpoint alone (``deit eval`` of such a run says so).
+
+    ``train_data`` / ``val_data``, given together: torch Datasets instead of ``config.dataset``,
+    which then only labels them (``python:<class>`` when left at its default). Their items are
+    ``(image, label)``: a raw image as torchvision's data sets return it with ``transform=None``
+    (a PIL image, a uint8 numpy array (H, W) or (H, W, C), or a uint8 tensor (C, H, W)) and an
+    int class index; class names come from the data set's ``classes`` attribute, else they are
+    ``0..K-1`` (from its labels). The run applies its own transforms and statistics, as for an
+    image folder: :class:`deit.data.torch_datasets.TorchImageDataset` says how the data are
+    read, and when in full (statistics exact, every image in the fingerprint). Resume needs the
+    same data again: their size and fingerprint are recorded and checked.
     """
+    config = label_python_inputs(config, student=student, train_data=train_data, val_data=val_data)
     if teacher is not None:
         if not isinstance(teacher, nn.Module):
             raise ConfigError(f"teacher={type(teacher).__name__} is invalid; expected an nn.Module returning logits")
@@ -362,22 +434,81 @@ def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inpu
     elif teacher_inputs is not None:
         raise ConfigError("teacher_inputs= describes a teacher given as a module (teacher=)")
     config.validate()
+    train_set, val_set = (None, None) if train_data is None else wrap_python_data(train_data, val_data)
     env = distributed.detect()
     device = resolve_device(config.device, env)
     output = Path(config.output)
     created = first_missing_folder(output) if env.is_main else None
+    # a student module that carries the run's teacher (DeiT.set_teacher) is given back without it;
+    # one that brought a teacher of its own is refused (adopt_student_module) and left as it came
+    release_teacher = hasattr(student, "set_teacher") and getattr(student, "teacher", None) is None
     try:
         if env.is_main:
             check_output_dir(output, config.resume)
         distributed.init(env, device)
         with deterministic_algorithms(config.deterministic):
-            return _train(config, env, device, output, TeacherModule(teacher, teacher_inputs))
+            return _train(config, env, device, output, PythonInputs(teacher, teacher_inputs, student, train_set,
+                                                                    val_set))
     except BaseException:  # also Ctrl-C: a run without a checkpoint leaves no empty folder behind
         if created is not None:
             remove_unfinished_run(output, created)
         raise
     finally:
+        if release_teacher:
+            student.set_teacher(None)
         distributed.shutdown()
+
+
+def label_python_inputs(config: TrainConfig, *, student: nn.Module | None, train_data: Dataset | None,
+                        val_data: Dataset | None) -> TrainConfig:
+    """``config`` with ``model`` labelling a student given as a module and ``dataset`` data sets
+    given in Python (:func:`python_label`), and a module student's ``image_size`` /
+    ``in_channels`` where the config leaves them unset."""
+    if (train_data is None) != (val_data is None):
+        raise ConfigError("train_data= and val_data= go together: give both torch Datasets, the training and the "
+                          "validation split")
+    if train_data is not None:
+        config = python_label(config, "dataset", PYTHON_DATASET_PREFIX, train_data, "data set", "train_data")
+    if student is None:
+        return config
+    if not isinstance(student, nn.Module):
+        raise ConfigError(f"student={type(student).__name__} is invalid; expected an nn.Module returning logits")
+    if config.finetune is not None:
+        raise ConfigError("a student given as a module carries its own weights: drop finetune (--finetune), or load "
+                          "them into the module first")
+    config = python_label(config, "model", MODULE_STUDENT_PREFIX, student, "student", "student")
+    inputs = {key: getattr(student, key) for key in ("image_size", "in_channels")
+              if getattr(config, key) is None and isinstance(getattr(student, key, None), int)}
+    return with_settings(config, **inputs) if inputs else config
+
+
+def python_label(config: TrainConfig, key: str, prefix: str, given: Any, what: str, argument: str) -> TrainConfig:
+    """``config`` whose ``key`` labels what was given in Python as ``argument``: kept when it is
+    a label already (``<prefix><label>``), else ``<prefix><class name>`` in place of the
+    default; any other value names a second source, which is refused."""
+    value = getattr(config, key)
+    if value.startswith(prefix):
+        return config
+    default = next(item.default for item in dataclasses.fields(TrainConfig) if item.name == key)
+    if value != default or key in (config.settings_given or ()):
+        raise ConfigError(f"two {what}s: {key}={value!r} (--{key}) and the one given as {argument}=; give one "
+                          f"({key}='{prefix}<label>' labels the one given, in config.yaml)")
+    return with_settings(config, **{key: f"{prefix}{type(given).__name__}"})
+
+
+def with_settings(config: TrainConfig, **values: Any) -> TrainConfig:
+    """``config`` with ``values``, counted among the settings given (a recipe leaves them)."""
+    given = config.settings_given
+    config = dataclasses.replace(config, **values)
+    config.settings_given = None if given is None else given | set(values)
+    return config
+
+
+def wrap_python_data(train_data: Dataset, val_data: Dataset) -> tuple[TorchImageDataset, TorchImageDataset]:
+    """The data sets given in Python as the run's training and validation splits; the
+    validation labels must index the training set's classes."""
+    train_set = TorchImageDataset(train_data, "train")
+    return train_set, TorchImageDataset(val_data, "val", classes=train_set.classes)
 
 
 @contextlib.contextmanager
@@ -448,20 +579,26 @@ class Run:
 
 
 @dataclass(frozen=True)
-class TeacherModule:
-    """A teacher given to :func:`train` as a module, and how it takes the student's batches."""
+class PythonInputs:
+    """What :func:`train` was given in Python besides its config: a teacher module and how it
+    takes the student's batches, a student module, and the data sets, wrapped."""
 
-    module: nn.Module | None = None
-    inputs: str | None = None
+    teacher: nn.Module | None = None
+    teacher_inputs: str | None = None
+    student: nn.Module | None = None
+    train_set: TorchImageDataset | None = None
+    val_set: TorchImageDataset | None = None
 
 
 def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path,
-           given: TeacherModule = TeacherModule()) -> TrainResult:
+           given: PythonInputs = PythonInputs()) -> TrainResult:
     start_time = time.perf_counter()
     seed_everything(config.seed + env.rank)
     saved = load_training_checkpoint(output / "last.pth") if config.resume else None
     saved_config = saved.get("config", {}) if saved is not None else None
-    train_set = load_train_set(config)
+    if saved_config is not None:
+        check_python_inputs_given(saved_config, given)
+    train_set = given.train_set if given.train_set is not None else load_train_set(config)
     config = settle_recipe(config, train_set, saved_config, log=env.is_main)
     config = settle_views(config, train_set, env, saved_config, log=env.is_main)
     if saved is not None:
@@ -470,6 +607,8 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
     run.start_time = start_time  # the wall time includes loading the data and building the model
     if saved is not None:
         check_same_inputs(saved.get("inputs_record"), run.inputs_record)
+        if given.student is not None:
+            check_same_student(saved, run.model)
         resume(run, saved)
     else:
         # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
@@ -486,21 +625,23 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
 
 def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path, train_set=None,
-          saved_config: dict[str, Any] | None = None, given: TeacherModule = TeacherModule()) -> Run:
+          saved_config: dict[str, Any] | None = None, given: PythonInputs = PythonInputs()) -> Run:
     """Data, model and teacher, then the recipe: AdamW at the paper's scaled learning rate
     (Table 9), Mixup/CutMix, the distillation loss, AMP; then :func:`plan_run`: the length
     and the cosine schedule. ``saved_config``: the config of the run being resumed."""
-    train_loader, val_loader, classes, data_config = build_data(config, env, train_set=train_set)
+    train_loader, val_loader, classes, data_config = build_data(config, env, train_set=train_set,
+                                                                val_set=given.val_set)
     num_classes = config.num_classes or len(classes)
     if num_classes != len(classes):
         raise ConfigError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
                           "drop --num-classes or set it to the data set's")
-    model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
-    if given.module is not None and config.distillation_type == "none":
+    model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"]) \
+        if given.student is None else adopt_student_module(given.student, num_classes, data_config, log=env.is_main)
+    if given.teacher is not None and config.distillation_type == "none":
         raise ConfigError("a teacher was given (teacher=) but distillation_type is 'none': set distillation_type "
                           "'hard' or 'soft' (--distillation-type), or a recipe with a teacher's settings")
-    teacher = build_teacher(config, num_classes, data_config) if given.module is None else \
-        adopt_teacher_module(given.module, config, data_config, inputs=given.inputs, log=env.is_main)
+    teacher = build_teacher(config, num_classes, data_config) if given.teacher is None else \
+        adopt_teacher_module(given.teacher, config, data_config, inputs=given.teacher_inputs, log=env.is_main)
     distilling = teacher is not None and config.distillation_type != "none"
     amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     teacher_cache = build_teacher_cache(config, env, device, train_loader, teacher, num_classes, amp) \
@@ -514,8 +655,9 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
     # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it.
     # Before set_teacher: DeiT._apply passes a move on to its teacher, memory format included.
-    model.to(device, memory_format=torch.contiguous_format if model_family(config.model) == "vit"
-             else torch.channels_last)
+    # A student given as a module keeps the contiguous format.
+    contiguous = given.student is not None or model_family(config.model) == "vit"
+    model.to(device, memory_format=torch.contiguous_format if contiguous else torch.channels_last)
     # a two-head student carries its teacher (DeiT.set_teacher) and answers (student, teacher), the
     # seed API; any other student is distilled on its one head by the loss, which runs the teacher
     carries_teacher = hasattr(model, "set_teacher")
@@ -744,9 +886,16 @@ def inputs_record(config: TrainConfig, train_loader, teacher: nn.Module | None) 
 
 def check_same_inputs(saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """A resumed run trains on the teacher and data it started with; checkpoints written before
-    runs recorded them are resumed unchecked."""
+    runs recorded them are resumed unchecked. The data are compared first: their statistics
+    enter the digest of a teacher whose inputs are re-normalised, so other data would also
+    show as another teacher."""
     if not saved:
         return
+    for key, what in (("dataset_size", "images"), ("dataset_fingerprint", "fingerprint")):
+        if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]:
+            raise ConfigError(f"cannot resume: the training data are not those this run trained on ({what}: "
+                              f"{current[key]} now, {saved[key]} recorded); give the same --dataset / data set "
+                              "(in Python, the same train_data=)")
     if saved.get("teacher_weights_sha256") != current.get("teacher_weights_sha256"):
         was, now = saved.get("teacher_weights_sha256"), current.get("teacher_weights_sha256")
         raise ConfigError(
@@ -754,10 +903,47 @@ def check_same_inputs(saved: dict[str, Any] | None, current: dict[str, Any]) -> 
             f"{(now or 'no teacher')[:12]}, recorded {(was or 'no teacher')[:12]} for {saved.get('teacher_model')}); "
             "give the same teacher: the same --teacher-model and --teacher-checkpoint, or in Python the same module "
             "as train(config, teacher=...)")
-    for key, what in (("dataset_size", "images"), ("dataset_fingerprint", "fingerprint")):
-        if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]:
-            raise ConfigError(f"cannot resume: the training data are not those this run trained on ({what}: "
-                              f"{current[key]} now, {saved[key]} recorded); give the same --dataset / data set")
+
+
+def check_python_inputs_given(saved_config: dict[str, Any], given: PythonInputs) -> None:
+    """A run whose data or student were given in Python resumes only when given them again."""
+    dataset, model = str(saved_config.get("dataset", "")), str(saved_config.get("model", ""))
+    if dataset.startswith(PYTHON_DATASET_PREFIX) and given.train_set is None:
+        raise ConfigError(f"cannot resume: this run trained on torch Datasets given in Python ({dataset}); give them "
+                          "again, train(config, train_data=..., val_data=...)")
+    if model.startswith(MODULE_STUDENT_PREFIX) and given.student is None:
+        raise ConfigError(f"cannot resume: this run's student was a module given in Python ({model}); give it again, "
+                          "train(config, student=module)")
+
+
+def module_class(module: nn.Module) -> str:
+    """The qualified class name of ``module``, as a checkpoint records a student given as a module."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def student_identity(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint says of its student: a registered model's name and constructor config,
+    from which :func:`deit.weights.factory.build_from_checkpoint` rebuilds it; for a module given in
+    Python its class alone (``student_module``), from which nothing can."""
+    if not config.model.startswith(MODULE_STUDENT_PREFIX):
+        return model_identity(model)
+    return {"model_name": None, "model_config": {}, "student_module": module_class(model)}
+
+
+def check_same_student(saved: dict[str, Any], model: nn.Module) -> None:
+    """A run whose student was a module resumes with a module of the same class and the same
+    state-dict entries (names and shapes) as its checkpoint holds."""
+    was, now = saved.get("student_module"), module_class(model)
+    mine, theirs = model.state_dict(), saved["model"]
+    differ = sorted(set(mine) ^ set(theirs)) or [key for key in mine if mine[key].shape != theirs[key].shape]
+    if was != now:
+        detail = f"a {now}, the run trained a {was}"
+    elif differ:
+        detail = f"its state dict differs from the checkpoint's in {len(differ)} entries, e.g. {differ[0]!r}"
+    else:
+        return
+    raise ConfigError(f"cannot resume: the student is not the module this run trained ({detail}); give the same "
+                      "module again, train(config, student=...)")
 
 
 def build_mixup(config: TrainConfig, num_classes: int):
@@ -927,7 +1113,7 @@ def save_epoch(run: Run, epoch: int, metrics: dict[str, Any], improved: bool) ->
         return
     run.run_log.log_epoch(epoch, metrics)
     payload = {
-        **model_identity(run.model), "model": run.model.state_dict(), "classes": run.classes,
+        **student_identity(run.model, run.config), "model": run.model.state_dict(), "classes": run.classes,
         "data_config": run.data_config, "config": run.resolved, "epoch": epoch, "num_updates": run.num_updates,
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
