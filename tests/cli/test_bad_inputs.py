@@ -18,6 +18,7 @@ from PIL import Image
 from deit import create_model, save_model
 from deit.cli import main
 from deit.data import load_dataset
+from deit.train.settings import TrainConfig
 from deit.weights.layouts import CheckpointError
 from tests.helpers import copy_run
 
@@ -240,6 +241,29 @@ def test_invalid_config_in_yaml(case, tmp_path, capsys):
     config.write_text(yaml.safe_dump({**TINY_YAML, **settings}))
     message = cli_error(capsys, "train", "--config", str(config), "--output", str(tmp_path / "run"))
     assert expected in message
+
+
+TEACHER_ONLY = {  # a setting of the teacher, given without --teacher-model: its flags and its YAML values
+    "teacher_checkpoint": (["--teacher-checkpoint", "t.pth"], {"teacher_checkpoint": "t.pth"}),
+    "teacher_mean": (["--teacher-mean", "0.5", "--teacher-std", "0.2"], {"teacher_mean": [0.5], "teacher_std": [0.2]}),
+}
+
+
+@pytest.mark.parametrize("name", list(TEACHER_ONLY))
+def test_a_teacher_setting_without_a_teacher_is_refused(name, tmp_path, capsys):
+    """From flags, a --config file and Python alike: one line naming the setting's flag and key
+    and --teacher-model, where it used to be ignored (no teacher, nothing to apply it to)."""
+    flags, settings = TEACHER_ONLY[name]
+    from_flags = cli_error(capsys, "train", *TINY, *flags, "--output", str(tmp_path / "run"))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY_YAML, **settings}))
+    from_yaml = cli_error(capsys, "train", "--config", str(config), "--output", str(tmp_path / "run"))
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**settings).validate()
+    for message in (from_flags, from_yaml, str(raised.value)):
+        assert f"{name}=" in message and "needs a teacher" in message and "--teacher-model" in message
+        assert f"--{name.replace('_', '-')}" in message and f"{name}: in a --config file" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path, capsys):
