@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", help="folder for confusion_matrix.png and eval.json (default: beside the checkpoint)")
     p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_POLICIES,
-                   help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning")
+                   help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning, "
+                        "left out of the accuracy and named in the output")
     add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_eval)
 
