@@ -44,8 +44,8 @@ BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: s
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
-    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
-    "typical_image_side",
+    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "dataset_record", "load_dataset", "read_idx",
+    "stratified_indices", "typical_image_side",
 ]
 
 logger = logging.getLogger(__name__)
@@ -449,6 +449,17 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         return _load_folder(Path(key), split, transform, bad_images, fill_skipped)
     raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                       "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+
+
+def dataset_record(name: str | os.PathLike) -> dict[str, str]:
+    """What a run records of its data set (in a checkpoint's ``data_config``): ``dataset``, the
+    name or path as given, and for an image folder ``dataset_path``, its absolute path resolved
+    against the current directory, so that the checkpoint finds its folder from any directory
+    (``deit eval``). A built-in name wins over a folder of that name, as in :func:`load_dataset`."""
+    key = os.fspath(name)
+    if key in BUILTIN_DATASETS or not os.path.isdir(key):
+        return {"dataset": key}
+    return {"dataset": key, "dataset_path": os.path.abspath(key)}
 
 
 # --- subsets -------------------------------------------------------------------------------

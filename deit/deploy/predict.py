@@ -22,6 +22,7 @@ from deit.core.errors import ConfigError
 from deit.core.figures import new_figure
 from deit.core.fileio import atomic_write, write_text_atomic
 from deit.data import CorruptDatasetError, build_loader, build_transform, dataset_mean_std, load_dataset, load_image
+from deit.data.datasets import BUILTIN_DATASETS
 from deit.data.decode import decoded_batches
 from deit.data.loader import collate_readable
 from deit.deploy.preprocessing import resolve_labels, resolve_preprocessing, variant_config
@@ -30,7 +31,7 @@ from deit.weights.factory import build_from_checkpoint
 from deit.weights.layouts import CheckpointError
 
 __all__ = ["EvalReport", "IMAGE_EXTENSIONS", "Predictor", "evaluate_checkpoint", "find_images", "load_for_inference",
-           "resolve_preprocessing"]
+           "recorded_dataset", "resolve_preprocessing"]
 
 
 def load_for_inference(path: str | os.PathLike, *, model_name: str | None = None, use_ema: bool = False
@@ -118,6 +119,30 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
     return path
 
 
+def recorded_dataset(checkpoint: str | os.PathLike, data_config: Mapping[str, Any]) -> str:
+    """The data set ``checkpoint`` was trained on, as its ``data_config`` records it: the image
+    folder's absolute path (``dataset_path``, resolved when it trained), else the built-in name or
+    the path given to ``deit train`` (``dataset``; a relative path then resolves against the
+    current directory, as for a checkpoint written before runs recorded the absolute path).
+    Raises :class:`ConfigError` naming the checkpoint's record and ``--dataset`` when it records
+    none, or a folder that does not exist here."""
+    name, folder = data_config.get("dataset"), data_config.get("dataset_path")
+    if folder:
+        if os.path.isdir(folder):
+            return folder
+        raise ConfigError(f"{checkpoint} records its data set as the image folder {folder} (given to deit train as "
+                          f"{name!r}), which does not exist here; pass --dataset PATH, the folder holding train/ and "
+                          "val/, to evaluate it there")
+    if not name:
+        raise ConfigError(f"{checkpoint} does not record its data set: pass --dataset")
+    if name in BUILTIN_DATASETS or os.path.isdir(name):
+        return name
+    raise ConfigError(f"{checkpoint} records its data set as {name!r}, as given to deit train, which is no built-in "
+                      f"data set and no folder under the current directory {os.getcwd()} (the checkpoint keeps no "
+                      "absolute path for it); run deit eval from the directory it was trained in, or pass --dataset "
+                      "PATH, the folder holding train/ and val/")
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = None, dataset: str | None = None,
                         data_dir: str | None = None, use_ema: bool = False, batch_size: int = 256,
                         output: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
@@ -131,9 +156,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
 
     model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
     data_config = meta["data_config"]
-    dataset = dataset or data_config.get("dataset")
-    if not dataset:
-        raise ConfigError(f"{path} does not record its data set: pass --dataset")
+    dataset = dataset or recorded_dataset(path, data_config)
     fallback, fallback_name = None, "timm's defaults"
     if not data_config.get("mean") and variant_config(model) is None and not (overrides or {}).get("mean"):
         mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir, bad_images=bad_images))

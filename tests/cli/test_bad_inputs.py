@@ -187,6 +187,36 @@ def test_wrong_num_classes_without_finetune(trained_run, tmp_path, capsys):
     assert not (tmp_path / "eval").exists()
 
 
+def test_eval_finds_a_relative_training_folder_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A run trained on ``--dataset animals`` from the folder's parent records its absolute path:
+    deit eval without --dataset finds it from anywhere; once it is gone, the message says the
+    checkpoint's record does not exist and to pass --dataset, a flag the user did not pass. A
+    checkpoint recording only the relative path still evaluates from where it was trained."""
+    write_folder(tmp_path / "animals")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--batch-size", "8", "--dataset", "animals", "--output", "runs/a"]) == 0
+    checkpoint = str(tmp_path / "runs" / "a" / "best.pth")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", checkpoint, "--output", "eval"]) == 0
+    assert f"on {tmp_path / 'animals'} (9 images)" in capsys.readouterr().out
+    (tmp_path / "animals").rename(tmp_path / "moved")
+    message = cli_error(capsys, "eval", "--checkpoint", checkpoint, "--output", "eval")
+    assert f"records its data set as the image folder {tmp_path / 'animals'}" in message
+    assert "does not exist here; pass --dataset PATH" in message and "(--dataset)" not in message
+    (tmp_path / "moved").rename(tmp_path / "animals")
+    state = torch.load(checkpoint, weights_only=True)  # as runs wrote it before recording the absolute path
+    del state["data_config"]["dataset_path"]
+    torch.save(state, checkpoint)
+    message = cli_error(capsys, "eval", "--checkpoint", checkpoint, "--output", "eval")
+    assert "records its data set as 'animals'" in message and "pass --dataset PATH" in message
+    assert str(tmp_path / "elsewhere") in message and "(--dataset)" not in message
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", checkpoint, "--output", "eval"]) == 0
+    assert "on animals (9 images)" in capsys.readouterr().out
+
+
 def test_missing_teacher_weights(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "teacher.pth"
     message = cli_error(capsys, "train", *TINY, "--model", "deit_pico_distilled_patch4_32", "--teacher-model",
