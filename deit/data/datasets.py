@@ -47,8 +47,8 @@ BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: s
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
-    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
-    "typical_image_side",
+    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "dataset_record", "load_dataset", "read_idx",
+    "stratified_indices", "typical_image_side",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,8 +193,11 @@ class FolderDataset(ImageFolder):
     A file that cannot be decoded (zero bytes, truncated, not an image) is handled by
     ``bad_images``: ``"fail"`` raises :class:`CorruptDatasetError` naming the file;
     ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
-    data-loader worker processes) and serves the next readable sample instead, so batch
-    sizes and the epoch length do not change.
+    data-loader worker processes) and lists it in :attr:`skipped_paths` (this process's). What
+    its position then serves depends on ``fill_skipped``: the next readable sample (training:
+    batch sizes and the epoch length do not change, one readable image is seen twice), or
+    ``None`` (evaluation: :func:`~deit.data.loader.collate_readable` drops it, so each readable
+    file is counted once and an unreadable one not at all).
     """
 
     PROBE_FILES = 64
@@ -202,7 +205,7 @@ class FolderDataset(ImageFolder):
     hflip_ok = True
 
     def __init__(self, root: str, transform: Callable[[Image.Image], Any] | None = None, *,
-                 bad_images: str = "fail", channels: int | None = None) -> None:
+                 bad_images: str = "fail", channels: int | None = None, fill_skipped: bool = True) -> None:
         import multiprocessing
 
         check_choice("bad_images", bad_images, BAD_IMAGE_POLICIES)
@@ -217,6 +220,7 @@ class FolderDataset(ImageFolder):
         # decoded in full by load_image: a truncated file fails here, not later in a transform
         self.loader = functools.partial(load_image, in_channels=self.channels)
         self.bad_images = bad_images
+        self.fill_skipped = fill_skipped
         self._skipped = multiprocessing.Value("i", 0)  # inherited by DataLoader workers
         self._bad_paths: set[str] = set()
         self._decoded: dict[int, Image.Image] = {}
@@ -258,28 +262,42 @@ class FolderDataset(ImageFolder):
         """How many unreadable files were skipped so far (all processes, repeats counted)."""
         return int(self._skipped.value)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        for offset in range(len(self.samples)):
+    @property
+    def skipped_paths(self) -> list[str]:
+        """The unreadable files this process skipped so far, sorted (data-loader workers keep their own)."""
+        return sorted(self._bad_paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        for offset in range(len(self.samples) if self.fill_skipped else 1):
             position = (index + offset) % len(self.samples)
-            path, target = self.samples[position]
-            if path in self._bad_paths:
-                continue
-            try:
-                image = self._decode(position, path)
-            except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
-                if self.bad_images == "fail":
-                    raise CorruptDatasetError(
-                        f"{err}. Remove or replace it, or train with --bad-images skip to skip unreadable files "
-                        "(they are counted in the log)") from None
-                self._bad_paths.add(path)
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, err)
-                continue
-            image = self.transform(image) if self.transform is not None else image
-            return image, target
+            image = self._readable(position)
+            if image is not None:
+                image = self.transform(image) if self.transform is not None else image
+                return image, self.samples[position][1]
+        if not self.fill_skipped:
+            return None  # an unreadable file, left out of the batch by collate_readable
         raise CorruptDatasetError(f"image folder {self.root}: none of its {len(self.samples)} files can be "
                                   "read as an image")
+
+
+    def _readable(self, position: int) -> Image.Image | None:
+        """The decoded image at ``position``, or ``None`` for an unreadable file under
+        ``bad_images="skip"`` (warned about and counted the first time); ``"fail"`` raises."""
+        path = self.samples[position][0]
+        if path in self._bad_paths:
+            return None
+        try:
+            return self._decode(position, path)
+        except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
+            if self.bad_images == "fail":
+                raise CorruptDatasetError(
+                    f"{err}. Remove or replace it, or train with --bad-images skip to skip unreadable files "
+                    "(they are counted in the log)") from None
+            self._bad_paths.add(path)
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+            logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, err)
+            return None
 
 
 # --- IDX files (MNIST / Fashion-MNIST) --------------------------------------------------
@@ -370,13 +388,13 @@ def _load_digits(split: str, transform) -> ArrayImageDataset:
                              hflip_ok=DATASET_INFO["digits"].hflip_ok)
 
 
-def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDataset:
+def _load_folder(root: Path, split: str, transform, bad_images: str, fill_skipped: bool) -> FolderDataset:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DatasetNotFoundError(
             f"image folder {root}: split folder {split_dir} does not exist; expected {root}/train/ and "
             f"{root}/val/, each holding one sub-folder of images per class")
-    dataset = FolderDataset(str(split_dir), transform=transform, bad_images=bad_images)
+    dataset = FolderDataset(str(split_dir), transform=transform, bad_images=bad_images, fill_skipped=fill_skipped)
     other_dir = root / ("val" if split == "train" else "train")
     if other_dir.is_dir():
         other_classes, _ = find_classes(str(other_dir))
@@ -391,7 +409,8 @@ def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDa
 
 
 def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None, *, bad_images: str = "fail") -> Dataset:
+                 transform: Callable[[Image.Image], Any] | None = None, *, bad_images: str = "fail",
+                 fill_skipped: bool = True) -> Dataset:
     """Load split ``"train"`` or ``"val"`` of a built-in data set or an ImageFolder root.
 
     Args:
@@ -402,6 +421,9 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         transform: applied to each ``PIL.Image``; see :class:`ArrayImageDataset` for ``None``.
         bad_images: image folders only: ``"fail"`` on an unreadable file (naming it) or
             ``"skip"`` it with a warning and a count (:class:`FolderDataset`).
+        fill_skipped: image folders only: a skipped file's position serves the next readable
+            sample (training), or ``None`` for :func:`~deit.data.loader.collate_readable` to
+            drop (evaluation: every readable file counted once).
 
     An image folder's ``channels`` is detected from its files (:class:`FolderDataset`):
     a folder of grey images gives 1, as the built-in grey data sets do.
@@ -427,12 +449,23 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
             raise DatasetNotFoundError(f"mnist is not bundled and has no default location. {hint}")
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
-        return _load_folder(Path(key), split, transform, bad_images)
+        return _load_folder(Path(key), split, transform, bad_images, fill_skipped)
     if key.startswith(PYTHON_DATASET_PREFIX):
         raise ConfigError(f"data set {key!r} was given in Python as torch Datasets, which no file holds: give them "
                           "again, train(config, train_data=..., val_data=...), or name a data set (--dataset)")
     raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                       "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+
+
+def dataset_record(name: str | os.PathLike) -> dict[str, str]:
+    """What a run records of its data set (in a checkpoint's ``data_config``): ``dataset``, the
+    name or path as given, and for an image folder ``dataset_path``, its absolute path resolved
+    against the current directory, so that the checkpoint finds its folder from any directory
+    (``deit eval``). A built-in name wins over a folder of that name, as in :func:`load_dataset`."""
+    key = os.fspath(name)
+    if key in BUILTIN_DATASETS or not os.path.isdir(key):
+        return {"dataset": key}
+    return {"dataset": key, "dataset_path": os.path.abspath(key)}
 
 
 # --- subsets -------------------------------------------------------------------------------

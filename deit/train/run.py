@@ -34,7 +34,13 @@ from torch.utils.data import Dataset
 from deit.core.errors import ConfigError
 from deit.core.fileio import write_text_atomic
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-from deit.data.datasets import FolderDataset, dataset_fingerprint, stratified_indices, typical_image_side
+from deit.data.datasets import (
+    FolderDataset,
+    dataset_fingerprint,
+    dataset_record,
+    stratified_indices,
+    typical_image_side,
+)
 from deit.data.replay import ReplayMixup
 from deit.distill.cache import TeacherCache, device_kind, module_fingerprint
 from deit.distill.losses import PAPER_TAU, DistillationLoss, build_base_criterion
@@ -317,7 +323,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None, va
     if len(train_loader) < config.accum_steps:
         raise ConfigError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
                           f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")
-    data_config = {"dataset": config.dataset, "image_size": image_size, "in_channels": channels,
+    data_config = {**dataset_record(config.dataset), "image_size": image_size, "in_channels": channels,
                    "mean": list(mean), "std": list(std), "num_classes": len(classes),
                    "crop_pct": 1.0, "interpolation": "bicubic", "crop_mode": "center"}  # eval_tf's (build_transform)
     return train_loader, val_loader, classes, data_config

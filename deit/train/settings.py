@@ -102,6 +102,11 @@ _RECIPE_HELP = ("paper (the paper's ImageNet recipe, Table 9: the defaults; also
                 "records the choice")
 
 
+TEACHER_SETTINGS = ("teacher_checkpoint", "teacher_pretrained", "teacher_mean", "teacher_std")
+"""Settings that apply to the teacher of ``teacher_model`` only: given without a teacher,
+:meth:`TrainConfig.validate` refuses them rather than ignoring them."""
+
+
 def setting(default: Any, group: str, help: str, *, choices: Sequence[str] | None = None, positive: bool = False,
             within: tuple[float, float] | None = None) -> Any:
     """A :class:`TrainConfig` field described once: its ``--help`` group (a key of :data:`GROUPS`)
@@ -357,9 +362,7 @@ class TrainConfig:
                 or self.teacher_cache_topk < 1:
             raise ConfigError(f"teacher_cache_topk={self.teacher_cache_topk!r} is invalid; expected a positive "
                               "integer (logits kept per view)")
-        if self.teacher_pretrained and not self.teacher_model:
-            raise ConfigError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
-                              "with published weights, or drop --teacher-pretrained")
+        self._validate_teacher_given()
         if (self.teacher_mean is None) != (self.teacher_std is None):
             raise ConfigError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
                               "(--teacher-mean and --teacher-std) or neither")
@@ -370,6 +373,18 @@ class TrainConfig:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model={self.model!r} is invalid; expected a registered model name")
         return self
+
+    def _validate_teacher_given(self) -> None:
+        """A setting of the teacher (:data:`TEACHER_SETTINGS`) given without ``teacher_model``
+        would be ignored, as there is no teacher to apply it to: an error naming its flag and key."""
+        if self.teacher_model:
+            return
+        for name in TEACHER_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                raise ConfigError(f"{name}={value!r} needs a teacher: set --teacher-model NAME (teacher_model: in a "
+                                  f"--config file) to the teacher's architecture, or drop {flag(name)} ({name}: in a "
+                                  "--config file); without a teacher it would be ignored")
 
     def _validate_budget(self) -> None:
         """``budget_images``, ``budget_minutes`` (at most one of them) and ``warmup_fraction``."""
