@@ -384,7 +384,8 @@ class TrainConfig:
             if value is not None and value is not False:
                 raise ConfigError(f"{name}={value!r} needs a teacher: set --teacher-model NAME (teacher_model: in a "
                                   f"--config file) to the teacher's architecture, or drop {flag(name)} ({name}: in a "
-                                  "--config file); without a teacher it would be ignored")
+                                  "--config file); without a teacher it would be ignored (in Python, "
+                                  "teacher_model='module:<label>' for a module given as train(config, teacher=))")
 
     def _validate_budget(self) -> None:
         """``budget_images``, ``budget_minutes`` (at most one of them) and ``warmup_fraction``."""

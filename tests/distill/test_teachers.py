@@ -373,9 +373,9 @@ def test_config_teacher_statistics_flags():
     config = load_config(None, overrides_from_args(args))
     assert config.teacher_mean == [0.485, 0.456, 0.406] and config.teacher_std == [0.229, 0.224, 0.225]
     with pytest.raises(ValueError, match="give both.*--teacher-std"):
-        load_config(None, {"teacher_mean": [0.5]})
+        load_config(None, {"teacher_model": "resnet20_32", "teacher_mean": [0.5]})
     with pytest.raises(ValueError, match=r"teacher_std=\[0.0\] is invalid.*> 0"):
-        load_config(None, {"teacher_mean": [0.5], "teacher_std": [0.0]})
+        load_config(None, {"teacher_model": "resnet20_32", "teacher_mean": [0.5], "teacher_std": [0.0]})
     with pytest.raises(ValueError, match="timm has no architecture 'no_such_net'"):
         load_teacher("timm:no_such_net", num_classes=10, in_channels=1, image_size=16)
 

@@ -138,7 +138,8 @@ GREY = np.zeros((8, 8), dtype=np.uint8)
 ])
 def test_bad_items_are_named_by_index_with_what_was_expected(items, message, tmp_path):
     config = load_config(None, {**RUN, "model": "deit_pico_patch4_32", "distillation_type": "none",
-                                "teacher_model": None, "output": str(tmp_path / "run")})
+                                "teacher_model": None, "teacher_mean": None, "teacher_std": None,
+                                "output": str(tmp_path / "run")})
     with pytest.raises(ConfigError, match=message):
         train(config, train_data=Items(items), val_data=Items([(GREY, 0)]))
     assert not (tmp_path / "run").exists()
@@ -146,7 +147,7 @@ def test_bad_items_are_named_by_index_with_what_was_expected(items, message, tmp
 
 def test_data_given_in_python_are_checked_against_each_other_and_the_config(tmp_path):
     base = {**RUN, "model": "deit_pico_patch4_32", "distillation_type": "none", "teacher_model": None,
-            "output": str(tmp_path / "run")}
+            "teacher_mean": None, "teacher_std": None, "output": str(tmp_path / "run")}
     train_data = Items([(GREY, 0), (GREY, 1)], classes=["zero", "one"])
     with pytest.raises(ConfigError, match="train_data= and val_data= go together"):
         train(load_config(None, base), train_data=train_data)
