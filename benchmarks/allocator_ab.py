@@ -38,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     student = create_model(args.model)
     teacher = create_model(args.teacher, num_classes=student.num_classes).eval()
-    student.set_teacher(teacher)
+    student.set_teacher(teacher, inputs="student")
     student.train()
     criterion = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="hard")
     optimizer = build_optimizer(student, lr=1e-4, weight_decay=0.05)

@@ -65,7 +65,7 @@ def main() -> None:
             name = resolve_teacher_name(config.teacher_model, data["image_size"])
             teacher = create_model(name, num_classes=len(classes), in_channels=data["in_channels"])
         if isinstance(model, DeiT):
-            model.set_teacher(teacher)
+            model.set_teacher(teacher, inputs="student")
     criterion = DistillationLoss(build_base_criterion(mixup_active=False, smoothing=config.smoothing),
                                  distillation_type=config.distillation_type if isinstance(model, DeiT) and
                                  model.teacher is not None else "none")

@@ -5,8 +5,11 @@ What it shows:
 
 1. a small CNN (plain PyTorch, defined below) trained for a few epochs on scikit-learn's
    digits (8x8 grey images as tensors, the 80/20 split of ``deit train --dataset digits``);
-2. ``DeiT(..., teacher_model_name=cnn)`` uses the module as it is (``--attach set_teacher``:
-   ``DeiT(...)`` then ``model.set_teacher(cnn)``, the same thing after construction). It is
+2. ``DeiT(..., teacher_model_name=cnn, teacher_inputs="student")`` uses the module as it is:
+   ``teacher_inputs="student"`` declares that the CNN was trained on the student's tensors, as
+   here (a teacher trained with other statistics is wrapped in ``deit.TeacherInputNorm``
+   instead). ``--attach set_teacher``: ``DeiT(...)`` then ``model.set_teacher(cnn,
+   inputs="student")``, the same thing after construction. It is
    put in eval mode with ``requires_grad=False`` — in place, so train the teacher first. The
    teacher must not become part of the student; the script checks it: the teacher's tensors
    are neither in the student's ``state_dict()`` nor in its optimizer, the teacher stays in
@@ -172,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     student_args = dict(num_classes=10, d_model=64, image_size=8, patch_size=2, in_channels=1, encoder_mlp_d=128,
                         encoder_num_heads=2, num_encoder_blocks=4, return_logits_type="fusion")
     if args.attach == "constructor":
-        model = DeiT(**student_args, teacher_model_name=teacher)
+        model = DeiT(**student_args, teacher_model_name=teacher, teacher_inputs="student")
     else:  # the same teacher attached after construction
         model = DeiT(**student_args)
-        model.set_teacher(teacher)
+        model.set_teacher(teacher, inputs="student")
     assert model.teacher is teacher
     teacher_tensors = tensor_ids([*teacher.parameters(), *teacher.buffers()])  # BatchNorm statistics too
     snapshot = copy.deepcopy(teacher.state_dict())

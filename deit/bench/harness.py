@@ -22,7 +22,12 @@ The training step of ours is the product's: DeiT⚗ student + frozen ConvNeXt te
 (channels-last, inference mode) + :class:`deit.distill.losses.DistillationLoss` + our AdamW. The
 peer is timm's model in distilled-training mode + an identical teacher as the official
 code runs it (``torch.no_grad``, default memory format) + a plain re-statement of the
-official ``DistillationLoss`` + timm's ``create_optimizer_v2("adamw")``.
+official ``DistillationLoss`` + timm's ``create_optimizer_v2("adamw")``. The ``distill`` task
+races, with the paper's teacher: ours with the live teacher (``ours``), ours with the
+teacher's outputs from the teacher cache (``ours_cached``), ours undistilled
+(``ours_undistilled``), that timm-based step (``timm``) and timm's own distillation task
+(``timm_task``: :class:`timm.task.TokenDistillationTask`, ``timm/task/token_distillation.py``,
+hard, weights ½ and ½, around the same teacher).
 
 bf16 on a CPU without bf16 matrix units (:func:`deit.train.runtime.native_cpu_bf16`) is not
 timed: PyTorch runs it as a scalar fallback there, and ``deit train --amp`` runs fp32 on
@@ -43,7 +48,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +63,11 @@ from deit.train.optim import build_optimizer
 from deit.train.run import resolve_device
 from deit.weights.factory import create_model
 from deit.weights.layouts import adapt_state_dict
+
+if TYPE_CHECKING:
+    from tempfile import TemporaryDirectory
+
+    from deit.distill.cache import TeacherCache
 
 DEFAULT_INFERENCE_MODEL = "deit_small_distilled_patch16_224"
 DEFAULT_TRAIN_MODEL = "deit_tiny_distilled_patch16_224"
@@ -177,12 +187,15 @@ class Measurement:
 VARIANT_RATIOS = (
     ("distill", "ours_cached", "timm"),  # our step with the teacher's outputs from the cache ÷ timm's, live teacher
     ("distill", "ours_cached", "ours_undistilled"),  # what is left of the teacher's cost
+    ("distill", "ours", "timm_task"),  # our step ÷ timm's TokenDistillationTask, live teacher both
+    ("distill", "ours_cached", "timm_task"),  # from the cache ÷ timm's task, live teacher
     ("deploy", "ours_int8", "timm"),  # ours int8 (ONNX Runtime) ÷ timm fp32 eager
     ("deploy", "ours_int8", "timm_int8"),  # ÷ timm quantised by hand (torch.ao dynamic quantisation)
     ("deploy", "ours_int8", "timm_compiled"),
     ("deploy", "ours_compiled", "timm_compiled"),
 )
-"""Ratios between variants of an implementation: ``task/mode/<ours variant>_over_<peer>``."""
+"""Ratios between variants of an implementation: ``task/mode/<ours variant>_over_<peer>``
+(``ours`` itself over a peer variant such as ``timm_task`` too)."""
 
 
 @dataclass
@@ -227,6 +240,12 @@ class BenchmarkReport:
                     measurements=[m.to_dict() for m in self.measurements], ratios=self.ratios(),
                     skipped=self.skipped)
 
+    @staticmethod
+    def _ours_column(m: Measurement) -> bool:
+        """Whether the table's "ours ÷ this" column is filled for ``m``: the peers, and the
+        peer variants that plain ours is raced against (``VARIANT_RATIOS``)."""
+        return m.impl in PEERS or (m.task, "ours", m.impl) in VARIANT_RATIOS
+
     def format_table(self) -> str:
         peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in self.gemm_peak_flops.items())
         lines = [f"GEMM peak (measured now): {peaks}; {self.environment['threads']} threads, "
@@ -235,7 +254,7 @@ class BenchmarkReport:
                  "ours ÷ this | GFLOPs/img | MFU | peak mem MB | max |Δ| vs ours |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in self.measurements:
-            plain = self.ratio(m.task, m.mode, m.impl) if m.impl in PEERS else None
+            plain = self.ratio(m.task, m.mode, m.impl) if self._ours_column(m) else None
             ratio = "" if plain is None else f"{plain:.2f}"
             low, high = m.spread
             lines.append(
@@ -472,14 +491,57 @@ class OfficialDistillationLoss(nn.Module):
 
 
 def official_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  y: torch.Tensor, mode: str, device: torch.device) -> Callable[[], None]:
-    """The peer's training step: timm's model, the official loss (teacher inside), timm's AdamW."""
-    def step() -> None:
+                  y: torch.Tensor, mode: str, device: torch.device) -> Callable[[], torch.Tensor]:
+    """The peer's training step: timm's model, the official loss (teacher inside), timm's AdamW.
+    The step returns its loss (detached)."""
+    def step() -> torch.Tensor:
         with _autocast(mode, device):
             loss = criterion(x, model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
+
+
+def timm_token_distillation_task(student: nn.Module, teacher: nn.Module, criterion: nn.Module,
+                                 device: torch.device) -> nn.Module:
+    """timm's own DeiT⚗ objective around ``student`` (a ``VisionTransformerDistilled``):
+    :class:`timm.task.TokenDistillationTask` (``timm/task/token_distillation.py``) with the hard
+    distillation of the paper, λ = ½ on both terms, i.e. ½ ``criterion``(class head, labels) +
+    ½ CE(distillation head, argmax of ``teacher``) — ours with ``alpha=0.5``. The task runs
+    ``teacher`` under ``torch.no_grad`` on the inputs moved from the student's normalisation
+    (``pretrained_cfg`` mean/std) to the teacher's; the student is given the teacher's, so that
+    move is the identity and both see the same pixels, as in the other rows."""
+    from timm.task import TokenDistillationTask
+
+    cfg = getattr(teacher, "pretrained_cfg", None) or {}
+    # the student gets the teacher's mean/std, so the task's move of the inputs to the teacher's normalisation is
+    # the identity: the teacher sees x as is, as in the other rows (defaults: DistillationTeacher's, for a teacher
+    # without a pretrained_cfg); checked below
+    student.pretrained_cfg = {**(getattr(student, "pretrained_cfg", None) or {}),
+                              "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                              "std": tuple(cfg.get("std", (0.229, 0.224, 0.225)))}
+    task = TokenDistillationTask(student, teacher, criterion=criterion, distill_type="hard", task_loss_weight=0.5,
+                                 distill_loss_weight=0.5, device=device, verbose=False)
+    same = (torch.equal(task.student_mean, task.teacher.mean_kd)  # (1, C, 1, 1) each
+            and torch.equal(task.student_std, task.teacher.std_kd))
+    if not same:
+        raise RuntimeError("timm's distillation task would renormalise the teacher's inputs")
+    return task.train()
+
+
+def task_step(task: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, mode: str,
+              device: torch.device) -> Callable[[], torch.Tensor]:
+    """A training step of a timm task (``task(x, y)["loss"]``, teacher inside) with timm's
+    AdamW, as :func:`official_step` times it. The step returns its loss (detached)."""
+    def step() -> torch.Tensor:
+        with _autocast(mode, device):
+            loss = task(x, y)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
     return step
 
 
@@ -495,7 +557,7 @@ def bench_train(phase: _Phase) -> None:
                           "(--train-model)")
     teacher = create_model(cfg.teacher, num_classes=ours.num_classes, in_channels=ours.in_channels).eval()
     peer_teacher = copy.deepcopy(teacher).to(device).requires_grad_(False)  # as the official code: NCHW, no_grad
-    ours.set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    ours.set_teacher(teacher, inputs="student")  # ours: frozen, channels-last, inference mode
     peer.set_distilled_training(True)
     criterion = DistillationLoss(LabelSmoothingCrossEntropy(0.1), distillation_type="hard")
     peer_criterion = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), peer_teacher, "hard", 0.5, 3.0)
@@ -519,12 +581,13 @@ def bench_train(phase: _Phase) -> None:
     phase.record("train", f"{cfg.train_model} + {cfg.teacher} teacher", batch, {"ours": ours_step, "timm": peer_step})
 
 
-def bench_distill(phase: _Phase) -> None:
-    """A DeiT⚗ training step with the paper's teacher (RegNetY-16GF through timm, random
-    weights): ours with the live teacher, ours with the teacher's outputs from a
-    :class:`deit.distill.cache.TeacherCache` (read from its shard file on disk at every
-    step), ours without distillation, and the timm-based equivalent with the live teacher
-    as the official code runs it."""
+def distill_steps(cfg: BenchmarkConfig, device: torch.device, mode: str,
+                  skipped: list[str]) -> tuple[dict[str, Callable[[], torch.Tensor]], TeacherCache, TemporaryDirectory]:
+    """The steps :func:`bench_distill` races, all from the same student weights on the same
+    batch with the same teacher, each returning its loss (detached): ``(steps, cache, folder)``
+    with the :class:`deit.distill.cache.TeacherCache` the cached step reads and the temporary
+    folder of its shard (the caller cleans it up). A row that cannot run is left out with a
+    reason appended to ``skipped``."""
     import tempfile
 
     import timm
@@ -533,7 +596,6 @@ def bench_distill(phase: _Phase) -> None:
 
     from deit.distill.cache import TeacherCache
 
-    cfg, device, mode = phase.cfg, phase.device, phase.mode
     overrides = {} if cfg.distill_image_size is None else {"image_size": cfg.distill_image_size}
     reference = create_model(cfg.train_model, **overrides)
     if getattr(reference, "num_prefix_tokens", 1) != 2:
@@ -550,7 +612,7 @@ def bench_distill(phase: _Phase) -> None:
     teacher = timm.create_model(cfg.distill_teacher, num_classes=reference.num_classes,
                                 in_chans=reference.in_channels).eval().requires_grad_(False)
     peer_teacher = copy.deepcopy(teacher).to(device)  # as the official code: NCHW, torch.no_grad
-    students["ours"].set_teacher(teacher)  # ours: frozen, channels-last, inference mode
+    students["ours"].set_teacher(teacher, inputs="student")  # frozen, channels-last, inference mode
     batch = cfg.train_batch
     gen = torch.Generator().manual_seed(cfg.seed)
     size = reference.image_size
@@ -570,10 +632,10 @@ def bench_distill(phase: _Phase) -> None:
     peer_criterion = OfficialDistillationLoss(LabelSmoothingCrossEntropy(0.1), peer_teacher, "hard", 0.5, 3.0)
     peer_optimizer = create_optimizer_v2(peer, "adamw", lr=1e-4, weight_decay=0.05)
 
-    def ours_step(impl: str) -> Callable[[], None]:
+    def ours_step(impl: str) -> Callable[[], torch.Tensor]:
         model, optimizer = students[impl], optimizers[impl]
 
-        def step() -> None:
+        def step() -> torch.Tensor:
             with _autocast(mode, device):
                 student, teacher_out = model(x)
                 if impl == "ours_cached":
@@ -583,16 +645,40 @@ def bench_distill(phase: _Phase) -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
         return step
 
     fns = {impl: ours_step(impl) for impl in students}
     fns["timm"] = official_step(peer, peer_criterion, peer_optimizer, x, y, mode, device)
     try:
-        phase.record("distill", f"{cfg.train_model} + {cfg.distill_teacher} teacher", batch, fns)
+        import timm.task  # noqa: F401 (older timm has no tasks)
+    except ImportError:
+        skipped.append(f"distill row 'timm_task': timm {timm.__version__} has no timm.task (TokenDistillationTask)")
+    else:
+        task_student = timm_equivalent(reference)  # its own copy of the weights, as every row
+        task_student.load_state_dict(reference.state_dict(), strict=True)
+        task_student.to(device)
+        task = timm_token_distillation_task(task_student, peer_teacher, LabelSmoothingCrossEntropy(0.1), device)
+        task_optimizer = create_optimizer_v2(task_student, "adamw", lr=1e-4, weight_decay=0.05)
+        fns["timm_task"] = task_step(task, task_optimizer, x, y, mode, device)
+    return fns, cache, folder
+
+
+def bench_distill(phase: _Phase) -> None:
+    """A DeiT⚗ training step with the paper's teacher (RegNetY-16GF through timm, random
+    weights): ours with the live teacher, ours with the teacher's outputs from a
+    :class:`deit.distill.cache.TeacherCache` (read from its shard file on disk at every
+    step), ours without distillation, the timm-based equivalent with the live teacher as the
+    official code runs it, and timm's own :class:`timm.task.TokenDistillationTask` with the
+    same live teacher (:func:`distill_steps`)."""
+    cfg = phase.cfg
+    fns, cache, folder = distill_steps(cfg, phase.device, phase.mode, phase.report.skipped)
+    try:
+        phase.record("distill", f"{cfg.train_model} + {cfg.distill_teacher} teacher", cfg.train_batch, fns)
     finally:
         folder.cleanup()
     hits = cache.stats.hits
-    if cache.stats.misses != batch or hits < 1:
+    if cache.stats.misses != cfg.train_batch or hits < 1:
         raise RuntimeError(f"the cached step did not read the cache ({cache.stats})")
 
 

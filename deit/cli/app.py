@@ -418,13 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by deit train (or any weights file with "
                                                        "--model)")
     p.add_argument("--model", help="architecture, for foreign weights files")
-    p.add_argument("--dataset", help="data set (default: the one the checkpoint was trained on)")
+    p.add_argument("--dataset", help="data set (default: the one the checkpoint was trained on; an image folder by "
+                                     "the absolute path recorded at training)")
     p.add_argument("--data-dir", help="data folder for IDX-file data sets")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", help="folder for confusion_matrix.png and eval.json (default: beside the checkpoint)")
     p.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_POLICIES,
-                   help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning")
+                   help="image folders: stop at an unreadable file (fail, naming it) or skip it with a warning, "
+                        "left out of the accuracy and named in the output")
     add_preprocessing_arguments(p)
     p.set_defaults(func=cmd_eval)
 
@@ -506,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the device's)")
     p.add_argument("--tasks", help="comma-separated: inference, train (DeiT⚗ step with a ConvNeXt teacher), distill "
                                    "(DeiT⚗ step with the paper's RegNetY-16GF teacher: live, from the teacher cache, "
-                                   "undistilled, timm's), deploy (CPU inference: fp32, int8, compiled; ours and "
-                                   "timm's) (default: all)")
+                                   "undistilled, timm's, timm's TokenDistillationTask), deploy (CPU inference: "
+                                   "fp32, int8, compiled; ours and timm's) (default: all)")
     p.add_argument("--distill-teacher", help="timm teacher of the distill task (default regnety_160, the paper's)")
     p.add_argument("--no-compile", action="store_true", help="deploy task: leave out the torch.compile rows (each "
                                                              "compilation takes about a minute on CPU)")

@@ -13,6 +13,8 @@ name               source
                    ``dataset-fashion-mnist``): 60000 train / 10000 val (the test set).
 ``mnist``          the same IDX layout; ``data_dir`` is required.
 a directory        an ImageFolder root holding ``train/`` and ``val/`` class folders.
+python:<label>     torch Datasets given in Python (``train(config, train_data=...,
+                   val_data=...)``, :mod:`deit.data.torch_datasets`); nothing to load.
 =================  ===============================================================
 
 Built-in names take priority over a directory of the same name (use ``./digits``).
@@ -38,14 +40,15 @@ from torchvision.datasets.folder import find_classes
 from deit.core.errors import ConfigError, DeitError
 from deit.core.validation import check_choice, check_non_negative_int
 from deit.data.decode import load_image, stored_channels
+from deit.data.torch_datasets import PYTHON_DATASET_PREFIX, TorchImageDataset
 
 BAD_IMAGE_POLICIES = ("fail", "skip")  # an image file that cannot be decoded: stop, or leave it out (logged)
 
 __all__ = [
     "BAD_IMAGE_POLICIES", "BUILTIN_DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "SPLITS",
     "ArrayImageDataset", "CorruptDatasetError", "DatasetInfo", "DatasetNotFoundError", "FolderDataset",
-    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "load_dataset", "read_idx", "stratified_indices",
-    "typical_image_side",
+    "dataset_fingerprint", "dataset_info", "dataset_mean_std", "dataset_record", "load_dataset", "read_idx",
+    "stratified_indices", "typical_image_side",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,8 +193,11 @@ class FolderDataset(ImageFolder):
     A file that cannot be decoded (zero bytes, truncated, not an image) is handled by
     ``bad_images``: ``"fail"`` raises :class:`CorruptDatasetError` naming the file;
     ``"skip"`` logs a warning naming it, counts it in :attr:`skipped` (shared with
-    data-loader worker processes) and serves the next readable sample instead, so batch
-    sizes and the epoch length do not change.
+    data-loader worker processes) and lists it in :attr:`skipped_paths` (this process's). What
+    its position then serves depends on ``fill_skipped``: the next readable sample (training:
+    batch sizes and the epoch length do not change, one readable image is seen twice), or
+    ``None`` (evaluation: :func:`~deit.data.loader.collate_readable` drops it, so each readable
+    file is counted once and an unreadable one not at all).
     """
 
     PROBE_FILES = 64
@@ -199,7 +205,7 @@ class FolderDataset(ImageFolder):
     hflip_ok = True
 
     def __init__(self, root: str, transform: Callable[[Image.Image], Any] | None = None, *,
-                 bad_images: str = "fail", channels: int | None = None) -> None:
+                 bad_images: str = "fail", channels: int | None = None, fill_skipped: bool = True) -> None:
         import multiprocessing
 
         check_choice("bad_images", bad_images, BAD_IMAGE_POLICIES)
@@ -214,6 +220,7 @@ class FolderDataset(ImageFolder):
         # decoded in full by load_image: a truncated file fails here, not later in a transform
         self.loader = functools.partial(load_image, in_channels=self.channels)
         self.bad_images = bad_images
+        self.fill_skipped = fill_skipped
         self._skipped = multiprocessing.Value("i", 0)  # inherited by DataLoader workers
         self._bad_paths: set[str] = set()
         self._decoded: dict[int, Image.Image] = {}
@@ -255,28 +262,42 @@ class FolderDataset(ImageFolder):
         """How many unreadable files were skipped so far (all processes, repeats counted)."""
         return int(self._skipped.value)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        for offset in range(len(self.samples)):
+    @property
+    def skipped_paths(self) -> list[str]:
+        """The unreadable files this process skipped so far, sorted (data-loader workers keep their own)."""
+        return sorted(self._bad_paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        for offset in range(len(self.samples) if self.fill_skipped else 1):
             position = (index + offset) % len(self.samples)
-            path, target = self.samples[position]
-            if path in self._bad_paths:
-                continue
-            try:
-                image = self._decode(position, path)
-            except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
-                if self.bad_images == "fail":
-                    raise CorruptDatasetError(
-                        f"{err}. Remove or replace it, or train with --bad-images skip to skip unreadable files "
-                        "(they are counted in the log)") from None
-                self._bad_paths.add(path)
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, err)
-                continue
-            image = self.transform(image) if self.transform is not None else image
-            return image, target
+            image = self._readable(position)
+            if image is not None:
+                image = self.transform(image) if self.transform is not None else image
+                return image, self.samples[position][1]
+        if not self.fill_skipped:
+            return None  # an unreadable file, left out of the batch by collate_readable
         raise CorruptDatasetError(f"image folder {self.root}: none of its {len(self.samples)} files can be "
                                   "read as an image")
+
+
+    def _readable(self, position: int) -> Image.Image | None:
+        """The decoded image at ``position``, or ``None`` for an unreadable file under
+        ``bad_images="skip"`` (warned about and counted the first time); ``"fail"`` raises."""
+        path = self.samples[position][0]
+        if path in self._bad_paths:
+            return None
+        try:
+            return self._decode(position, path)
+        except (OSError, ValueError) as err:  # load_image names the file and the decoder's reason
+            if self.bad_images == "fail":
+                raise CorruptDatasetError(
+                    f"{err}. Remove or replace it, or train with --bad-images skip to skip unreadable files "
+                    "(they are counted in the log)") from None
+            self._bad_paths.add(path)
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+            logger.warning("skipping unreadable image %s (%s); --bad-images skip", path, err)
+            return None
 
 
 # --- IDX files (MNIST / Fashion-MNIST) --------------------------------------------------
@@ -367,13 +388,13 @@ def _load_digits(split: str, transform) -> ArrayImageDataset:
                              hflip_ok=DATASET_INFO["digits"].hflip_ok)
 
 
-def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDataset:
+def _load_folder(root: Path, split: str, transform, bad_images: str, fill_skipped: bool) -> FolderDataset:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DatasetNotFoundError(
             f"image folder {root}: split folder {split_dir} does not exist; expected {root}/train/ and "
             f"{root}/val/, each holding one sub-folder of images per class")
-    dataset = FolderDataset(str(split_dir), transform=transform, bad_images=bad_images)
+    dataset = FolderDataset(str(split_dir), transform=transform, bad_images=bad_images, fill_skipped=fill_skipped)
     other_dir = root / ("val" if split == "train" else "train")
     if other_dir.is_dir():
         other_classes, _ = find_classes(str(other_dir))
@@ -388,7 +409,8 @@ def _load_folder(root: Path, split: str, transform, bad_images: str) -> FolderDa
 
 
 def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None, *, bad_images: str = "fail") -> Dataset:
+                 transform: Callable[[Image.Image], Any] | None = None, *, bad_images: str = "fail",
+                 fill_skipped: bool = True) -> Dataset:
     """Load split ``"train"`` or ``"val"`` of a built-in data set or an ImageFolder root.
 
     Args:
@@ -399,6 +421,9 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
         transform: applied to each ``PIL.Image``; see :class:`ArrayImageDataset` for ``None``.
         bad_images: image folders only: ``"fail"`` on an unreadable file (naming it) or
             ``"skip"`` it with a warning and a count (:class:`FolderDataset`).
+        fill_skipped: image folders only: a skipped file's position serves the next readable
+            sample (training), or ``None`` for :func:`~deit.data.loader.collate_readable` to
+            drop (evaluation: every readable file counted once).
 
     An image folder's ``channels`` is detected from its files (:class:`FolderDataset`):
     a folder of grey images gives 1, as the built-in grey data sets do.
@@ -424,9 +449,23 @@ def load_dataset(name: str | os.PathLike, split: str, data_dir: str | os.PathLik
             raise DatasetNotFoundError(f"mnist is not bundled and has no default location. {hint}")
         return _load_idx_split(key, Path(data_dir), split, DIGIT_CLASSES, transform, hint)
     if os.path.isdir(key):
-        return _load_folder(Path(key), split, transform, bad_images)
+        return _load_folder(Path(key), split, transform, bad_images, fill_skipped)
+    if key.startswith(PYTHON_DATASET_PREFIX):
+        raise ConfigError(f"data set {key!r} was given in Python as torch Datasets, which no file holds: give them "
+                          "again, train(config, train_data=..., val_data=...), or name a data set (--dataset)")
     raise ConfigError(f"unknown data set {key!r} (--dataset): expected one of {', '.join(BUILTIN_DATASETS)}, or an "
                       "existing directory holding train/ and val/ sub-folders of class folders (ImageFolder)")
+
+
+def dataset_record(name: str | os.PathLike) -> dict[str, str]:
+    """What a run records of its data set (in a checkpoint's ``data_config``): ``dataset``, the
+    name or path as given, and for an image folder ``dataset_path``, its absolute path resolved
+    against the current directory, so that the checkpoint finds its folder from any directory
+    (``deit eval``). A built-in name wins over a folder of that name, as in :func:`load_dataset`."""
+    key = os.fspath(name)
+    if key in BUILTIN_DATASETS or not os.path.isdir(key):
+        return {"dataset": key}
+    return {"dataset": key, "dataset_path": os.path.abspath(key)}
 
 
 # --- subsets -------------------------------------------------------------------------------
@@ -463,8 +502,12 @@ def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
     """Per-channel normalisation constants in [0, 1] units: ``(mean, std)``.
 
     For an :class:`ArrayImageDataset` they are computed exactly from its image array —
-    pass the TRAINING split. For an image folder they are timm's ImageNet constants.
+    pass the TRAINING split —, and so for a :class:`~deit.data.torch_datasets.TorchImageDataset`
+    read in full, from its pixel histograms. For an image folder (and a torch Dataset too large
+    to read in full) they are timm's ImageNet constants.
     """
+    if isinstance(dataset, TorchImageDataset) and dataset.mean_std is not None:
+        return dataset.mean_std
     if isinstance(dataset, ArrayImageDataset):
         pixels = dataset.images.reshape(-1, dataset.channels)            # (N*H*W, C) uint8
         values = np.arange(256, dtype=np.float64) / 255.0                # (256,)
@@ -488,13 +531,16 @@ def dataset_mean_std(name: str | os.PathLike, dataset: Dataset
 
 def typical_image_side(dataset: Dataset, probe: int = FolderDataset.PROBE_FILES) -> int | None:
     """The longer side in pixels of ``dataset``'s stored images: the array's side for an
-    in-memory set; for an image folder the median over the headers of up to ``probe``
-    files spread evenly over the sorted file list (so over the classes), as
-    :meth:`FolderDataset._probe_channels` reads them. ``None`` if no file can be read."""
+    in-memory set; the median over the items read for a torch Dataset of varying sizes
+    (:class:`~deit.data.torch_datasets.TorchImageDataset`); for an image folder the median over
+    the headers of up to ``probe`` files spread evenly over the sorted file list (so over the
+    classes), as :meth:`FolderDataset._probe_channels` reads them. ``None`` if no file can be read."""
     while hasattr(dataset, "dataset"):  # through a Subset and the replay wrapper
         dataset = dataset.dataset
     if getattr(dataset, "native_size", None) is not None:
         return int(dataset.native_size)
+    if isinstance(dataset, TorchImageDataset):
+        return dataset.median_side
     samples = getattr(dataset, "samples", None)
     if not samples:
         return None
@@ -529,7 +575,10 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """A SHA-256 naming the images and labels of ``dataset``, what a teacher-output cache
     records (:mod:`deit.distill.cache`): for an image folder the file list with each file's
     class, size and modification time (reading every file would cost as much as an epoch);
-    for an in-memory set the content of its arrays; through a ``Subset`` its indices too.
+    for an in-memory set the content of its arrays; for a torch Dataset given in Python the
+    digest of its items that :class:`~deit.data.torch_datasets.TorchImageDataset` takes when it
+    wraps it (every image's pixels and label, or for a large set its length and a sample of
+    items); through a ``Subset`` its indices too.
     """
     import hashlib
 
@@ -541,6 +590,8 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         digest.update(b"array" + repr(dataset.images.shape).encode())
         digest.update(np.ascontiguousarray(dataset.images).tobytes())
         digest.update(dataset.targets_array.tobytes())
+    elif isinstance(dataset, TorchImageDataset):
+        digest.update(b"python" + dataset.fingerprint.encode())
     elif isinstance(dataset, ImageFolder):
         digest.update(b"folder")
         root = Path(dataset.root)
@@ -549,6 +600,6 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             digest.update(f"{Path(path).relative_to(root)}\0{target}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     else:
         raise ConfigError(f"cannot fingerprint a {type(dataset).__name__}; expected an ImageFolder, an "
-                          "ArrayImageDataset or a Subset of one")
+                          "ArrayImageDataset, a TorchImageDataset or a Subset of one")
     digest.update(repr(list(getattr(dataset, "classes", []))).encode())
     return digest.hexdigest()

@@ -22,16 +22,16 @@ Determinism (what resuming a run relies on):
 """
 from __future__ import annotations
 
-from typing import Sized
+from typing import Any, Callable, Sequence, Sized
 
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from deit.core.errors import ConfigError
 from deit.core.validation import check_non_negative_int, check_positive_int
 from deit.data.replay import ReplayDataset, ReplaySampler
 from deit.data.samplers import SeededRepeatAugSampler, ShardSampler
 
-__all__ = ["RA_ROUND", "RA_ROUND_MIN_DATASET", "build_loader", "build_sampler"]
+__all__ = ["RA_ROUND", "RA_ROUND_MIN_DATASET", "build_loader", "build_sampler", "collate_readable"]
 
 RA_ROUND = 256
 """timm's (and DeiT's) repeated-augmentation rounding: an epoch keeps
@@ -67,9 +67,19 @@ def build_sampler(dataset: Sized, *, is_train: bool, repeated_aug: int = 3, worl
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
+def collate_readable(batch: Sequence[Any]) -> Any:
+    """The batch of the samples that are not ``None`` (``default_collate``), or ``None`` when no
+    sample is left: an image folder loaded with ``fill_skipped=False`` serves ``None`` for an
+    unreadable file it skips (:class:`~deit.data.datasets.FolderDataset`), so an evaluation
+    counts each readable file once and a skipped one not at all. Drop the ``None`` batches."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_aug: int = 3,
                  num_workers: int = 0, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 pin_memory: bool = False, replay: bool = False) -> DataLoader:
+                 pin_memory: bool = False, replay: bool = False,
+                 collate_fn: Callable[[Sequence[Any]], Any] | None = None) -> DataLoader:
     """A DataLoader over this rank's share of ``dataset`` (sampler: :func:`build_sampler`).
 
     Training drops the last incomplete batch (``drop_last=True``): Mixup/CutMix in batch
@@ -84,6 +94,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
     position in the epoch's order)`` (:mod:`deit.data.replay`), independent of the global
     RNGs and of ``num_workers``: batches are then ``(images, targets, keys)``, ``keys`` a
     (B, 2) tensor of ``(epoch, position)``, which is what a teacher-output cache looks up.
+
+    ``collate_fn``: how samples make a batch (default: ``default_collate``), e.g.
+    :func:`collate_readable` for an evaluation that leaves unreadable files out.
     """
     check_positive_int("batch_size", batch_size)
     check_non_negative_int("num_workers", num_workers)
@@ -101,4 +114,4 @@ def build_loader(dataset: Dataset, *, batch_size: int, is_train: bool, repeated_
         sampler = ReplaySampler(sampler, world_size=world_size, rank=rank)
         dataset = ReplayDataset(dataset, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=is_train, persistent_workers=False)
+                      pin_memory=pin_memory, drop_last=is_train, persistent_workers=False, collate_fn=collate_fn)

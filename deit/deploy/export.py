@@ -263,10 +263,12 @@ def verify_export(path: str | os.PathLike, model: nn.Module, images: torch.Tenso
 
 def real_images(data_config: Mapping[str, Any], metadata: Mapping[str, Any], count: int = 8,
                 data_dir: str | None = None) -> torch.Tensor | None:
-    """``count`` validation images of the checkpoint's data set, preprocessed as the export's
+    """``count`` validation images of the checkpoint's data set (the image folder's recorded
+    absolute path, else the name or path given to training), preprocessed as the export's
     ``metadata`` says (B, C, H, W); ``None`` when the data set is not available here."""
 
-    dataset = data_config.get("dataset")
+    folder = data_config.get("dataset_path")
+    dataset = folder if folder and os.path.isdir(folder) else data_config.get("dataset")
     if not dataset:
         return None
     transform = build_transform(is_train=False, **{k: metadata[k] for k in PREPROCESSING_KEYS})

@@ -22,14 +22,16 @@ from deit.core.errors import ConfigError
 from deit.core.figures import new_figure
 from deit.core.fileio import atomic_write, write_text_atomic
 from deit.data import CorruptDatasetError, build_loader, build_transform, dataset_mean_std, load_dataset, load_image
+from deit.data.datasets import BUILTIN_DATASETS
 from deit.data.decode import decoded_batches
+from deit.data.loader import collate_readable
 from deit.deploy.preprocessing import resolve_labels, resolve_preprocessing, variant_config
 from deit.train.engine import evaluate
 from deit.weights.factory import build_from_checkpoint
 from deit.weights.layouts import CheckpointError
 
 __all__ = ["EvalReport", "IMAGE_EXTENSIONS", "Predictor", "evaluate_checkpoint", "find_images", "load_for_inference",
-           "resolve_preprocessing"]
+           "recorded_dataset", "resolve_preprocessing"]
 
 
 def load_for_inference(path: str | os.PathLike, *, model_name: str | None = None, use_ema: bool = False
@@ -51,17 +53,26 @@ def load_for_inference(path: str | os.PathLike, *, model_name: str | None = None
     return model.eval(), meta
 
 
+SKIPPED_SHOWN = 5
+"""Unreadable files :meth:`EvalReport.format` names; the JSON report lists them all."""
+
+
 @dataclass
 class EvalReport:
+    """What ``deit eval`` measured: ``metrics`` (``count`` images evaluated, ``skipped``
+    unreadable files left out, accuracies per head) and ``skipped``, those files' paths
+    relative to the data set's folder."""
+
     checkpoint: str
     dataset: str
     metrics: dict[str, float]
     confusion_matrix_png: Path | None = None
     json_path: Path | None = None
     heads: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def format(self) -> str:
-        lines = [f"{self.checkpoint} on {self.dataset} ({int(self.metrics['count'])} images)"]
+        lines = [f"{self.checkpoint} on {self.dataset} ({self.counted()})"]
         for head in self.heads:
             prefix = f"{head}_" if head != "fusion" and head != "model" else ""
             lines.append(f"  {head:13s} top-1 {self.metrics[prefix + 'acc1']:6.2f}%   "
@@ -69,6 +80,14 @@ class EvalReport:
         if self.confusion_matrix_png:
             lines.append(f"  confusion matrix: {self.confusion_matrix_png}")
         return "\n".join(lines)
+
+    def counted(self) -> str:
+        """``N images``, and the unreadable files left out of them, the first few by name."""
+        text = f"{int(self.metrics['count'])} images"
+        if self.skipped:
+            shown = ", ".join(self.skipped[:SKIPPED_SHOWN]) + (", …" if len(self.skipped) > SKIPPED_SHOWN else "")
+            text += f"; {len(self.skipped)} unreadable file(s) skipped, not counted: {shown}"
+        return text
 
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -100,6 +119,30 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: Pa
     return path
 
 
+def recorded_dataset(checkpoint: str | os.PathLike, data_config: Mapping[str, Any]) -> str:
+    """The data set ``checkpoint`` was trained on, as its ``data_config`` records it: the image
+    folder's absolute path (``dataset_path``, resolved when it trained), else the built-in name or
+    the path given to ``deit train`` (``dataset``; a relative path then resolves against the
+    current directory, as for a checkpoint written before runs recorded the absolute path).
+    Raises :class:`ConfigError` naming the checkpoint's record and ``--dataset`` when it records
+    none, or a folder that does not exist here."""
+    name, folder = data_config.get("dataset"), data_config.get("dataset_path")
+    if folder:
+        if os.path.isdir(folder):
+            return folder
+        raise ConfigError(f"{checkpoint} records its data set as the image folder {folder} (given to deit train as "
+                          f"{name!r}), which does not exist here; pass --dataset PATH, the folder holding train/ and "
+                          "val/, to evaluate it there")
+    if not name:
+        raise ConfigError(f"{checkpoint} does not record its data set: pass --dataset")
+    if name in BUILTIN_DATASETS or os.path.isdir(name):
+        return name
+    raise ConfigError(f"{checkpoint} records its data set as {name!r}, as given to deit train, which is no built-in "
+                      f"data set and no folder under the current directory {os.getcwd()} (the checkpoint keeps no "
+                      "absolute path for it); run deit eval from the directory it was trained in, or pass --dataset "
+                      "PATH, the folder holding train/ and val/")
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = None, dataset: str | None = None,
                         data_dir: str | None = None, use_ema: bool = False, batch_size: int = 256,
                         output: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
@@ -108,13 +151,12 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     and a JSON report. The images are preprocessed by :func:`resolve_preprocessing`; for a
     file that records nothing and is no published variant, with the data set's own
     statistics (what ``deit train`` would record for it). ``bad_images`` is the image-folder
-    policy of ``deit train`` (``fail`` or ``skip``)."""
+    policy of ``deit train`` (``fail`` or ``skip``); with ``skip`` an unreadable file counts for
+    nothing (neither it nor a substitute is evaluated) and the report names it."""
 
     model, meta = load_for_inference(path, model_name=model_name, use_ema=use_ema)
     data_config = meta["data_config"]
-    dataset = dataset or data_config.get("dataset")
-    if not dataset:
-        raise ConfigError(f"{path} does not record its data set: pass --dataset")
+    dataset = dataset or recorded_dataset(path, data_config)
     fallback, fallback_name = None, "timm's defaults"
     if not data_config.get("mean") and variant_config(model) is None and not (overrides or {}).get("mean"):
         mean, std = dataset_mean_std(dataset, load_dataset(dataset, "train", data_dir, bad_images=bad_images))
@@ -123,7 +165,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
     preprocessing = resolve_preprocessing(model, data_config, overrides, source=str(path), fallback=fallback,
                                           fallback_name=fallback_name)
     transform = build_transform(is_train=False, **preprocessing)
-    val_set = load_dataset(dataset, "val", data_dir, transform=transform, bad_images=bad_images)
+    val_set = load_dataset(dataset, "val", data_dir, transform=transform, bad_images=bad_images, fill_skipped=False)
     data_classes = [str(c) for c in val_set.classes]
     classes = meta["classes"] or data_classes
     num_outputs = getattr(model, "num_classes", len(classes))
@@ -135,13 +177,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
             f"it there would compare unrelated labels. Fine-tune it on that data first: deit train --finetune "
             f"{path} --dataset {dataset} ...")
 
-    loader = build_loader(val_set, batch_size=batch_size, is_train=False)
-    try:
-        metrics = evaluate(model, loader, device=torch.device("cpu"), collect_predictions=True)
-    except CorruptDatasetError as err:  # the data layer's hint names the training command's flag
-        message = str(err).replace("train with --bad-images skip", "evaluate with deit eval --bad-images skip")
-        raise CorruptDatasetError(message if "deit eval --bad-images" in message
-                                  else f"{message} (deit eval --bad-images skip skips unreadable files)") from None
+    metrics, skipped = _evaluate_readable(model, val_set, batch_size)
+    skipped = [os.path.relpath(p, dataset) for p in skipped]
     out_dir = Path(output) if output else Path(path).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(path).stem + ("-ema" if use_ema else "")
@@ -150,11 +187,32 @@ def evaluate_checkpoint(path: str | os.PathLike, *, model_name: str | None = Non
                                 title=f"{Path(path).name} on {dataset}")
     json_path = out_dir / f"{stem}-eval.json"
     write_text_atomic(json_path, json.dumps({"checkpoint": str(path), "dataset": dataset, "metrics": metrics,
-                                            "confusion_matrix": matrix.tolist(), "classes": classes}, indent=2))
+                                            "skipped_files": skipped, "confusion_matrix": matrix.tolist(),
+                                            "classes": classes}, indent=2))
     # a DeiT whose return_logits_type picks one head (a plain HF DeiT) reports that head as its output
     heads = (["cls", "dist", "fusion" if model.return_logits_type == "fusion" else "model"]
              if "cls_acc1" in metrics else ["model"])
-    return EvalReport(str(path), dataset, metrics, png, json_path, heads)
+    return EvalReport(str(path), dataset, metrics, png, json_path, heads, skipped)
+
+
+def _evaluate_readable(model: nn.Module, val_set, batch_size: int) -> tuple[dict[str, Any], list[str]]:
+    """:func:`~deit.train.engine.evaluate` over the readable files of ``val_set`` (loaded with
+    ``fill_skipped=False``: an unreadable file skipped gives no sample), with ``predictions`` /
+    ``targets``, and ``skipped``, the count of files left out; and their paths."""
+    loader = build_loader(val_set, batch_size=batch_size, is_train=False, collate_fn=collate_readable)
+    batches = (batch for batch in loader if batch is not None)  # None: a batch of unreadable files only
+    try:
+        metrics = evaluate(model, batches, device=torch.device("cpu"), collect_predictions=True)
+    except CorruptDatasetError as err:  # the data layer's hint names the training command's flag
+        message = str(err).replace("train with --bad-images skip", "evaluate with deit eval --bad-images skip")
+        raise CorruptDatasetError(message if "deit eval --bad-images" in message
+                                  else f"{message} (deit eval --bad-images skip skips unreadable files)") from None
+    skipped = list(getattr(val_set, "skipped_paths", ()))
+    if skipped and not metrics["count"]:
+        raise CorruptDatasetError(f"image folder {val_set.root}: none of its {len(skipped)} files can be read as an "
+                                  "image (all skipped by --bad-images skip)")
+    metrics["skipped"] = len(skipped)
+    return metrics, skipped
 
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")

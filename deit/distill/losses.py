@@ -54,9 +54,11 @@ class LossTerms(NamedTuple):
 
 def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float,
                       reduction: str = "batchmean") -> torch.Tensor:
-    """τ² KL(ψ(Z_t/τ) ‖ ψ(Z_s/τ)), from log-probabilities on both sides."""
-    log_p_student = F.log_softmax(student_logits.float() / tau, dim=-1)  # (B, K)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=-1)  # (B, K)
+    """τ² KL(ψ(Z_t/τ) ‖ ψ(Z_s/τ)), from log-probabilities on both sides; in float32 at least
+    (half-precision logits under AMP are promoted, float64 ones kept)."""
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    log_p_student = F.log_softmax(student_logits.to(dtype) / tau, dim=-1)  # (B, K)
+    log_p_teacher = F.log_softmax(teacher_logits.to(dtype) / tau, dim=-1)  # (B, K)
     kl_sum = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
     denominator = student_logits.shape[0] if reduction == "batchmean" else student_logits.numel()
     return kl_sum * (tau * tau) / denominator

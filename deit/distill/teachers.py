@@ -42,6 +42,7 @@ from torch import nn
 
 from deit.core.errors import ConfigError
 from deit.core.validation import per_channel
+from deit.distill.sources import foreign_source, load_foreign_teacher
 from deit.models.pretrained import stats_for_channels
 from deit.models.registry import build_model, check_model_name, get_pretrained_cfg, model_family
 from deit.models.teacher_output import TeacherInputNorm, format_statistics, same_statistics
@@ -65,9 +66,12 @@ STATS_FLAGS = "--teacher-mean/--teacher-std"
 
 
 def resolve_teacher_name(name: str, image_size: int) -> str:
-    """Map a user-facing teacher name to a registered name or ``timm:<name>``."""
+    """Map a user-facing teacher name to a registered name or ``timm:<name>``; a foreign
+    teacher (:func:`deit.distill.sources.foreign_source`) is kept as it is."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"teacher_model_name={name!r} is invalid; expected a model name")
+    if foreign_source(name) is not None:
+        return name
     if name.lower() == "convnext":
         return DEFAULT_CONVNEXT_SMALL_IMAGES if image_size < SMALL_IMAGE_THRESHOLD else DEFAULT_CONVNEXT
     if name.startswith(TIMM_PREFIX):
@@ -88,7 +92,8 @@ def resolve_teacher_name(name: str, image_size: int) -> str:
         check_model_name(name)
     except ValueError as err:
         raise ConfigError(f"teacher_model_name={name!r} is not a known teacher; expected 'ConvNeXt', "
-                          f"'timm:<timm model name>' or a registered model ({err})") from None
+                          f"'timm:<timm model name>', a registered model, 'torchvision:<name>', an HF "
+                          f"save_pretrained folder, 'path/to/file.py:factory' or a .onnx file ({err})") from None
     return name
 
 
@@ -247,10 +252,15 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
         CheckpointError: the file is unreadable or holds another architecture / class count.
     """
     resolved = resolve_teacher_name(name, image_size)
+    if foreign_source(resolved) is not None:
+        return load_foreign(resolved, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                            checkpoint=checkpoint, input_mean=input_mean, input_std=input_std,
+                            teacher_mean=teacher_mean, teacher_std=teacher_std)
     hint = make_teacher_hint(resolved)
+    teacher_size = image_size  # the side it was trained at: its checkpoint's data_config says, when it has one
 
     def expected(channels: int) -> str:
-        size = (f", image_size={image_size}" if not resolved.startswith(TIMM_PREFIX)
+        size = (f", image_size={teacher_size}" if not resolved.startswith(TIMM_PREFIX)
                 and model_family(resolved) == "vit" else "")
         return f"teacher {resolved} with num_classes={num_classes}, in_channels={channels}{size}"
 
@@ -263,22 +273,28 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     if not renormalise and (teacher_mean is not None or teacher_std is not None):
         raise ConfigError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
                           "student's statistics too (input_mean=, input_std=)")
+    state_dict, info = extract_state_dict(obj, metadata, source=str(path))
+    data_config = info.get("data_config") or (obj.get("data_config") if isinstance(obj, Mapping) else None)
+    data_config = data_config if isinstance(data_config, Mapping) else None  # deit train checkpoints hold one
+    teacher_size = int(data_config.get("image_size") or image_size) if data_config else image_size
     spec = TeacherInput(in_channels)
     if renormalise:
-        state_dict, info = extract_state_dict(obj, metadata, source=str(path))
-        data_config = info.get("data_config") or obj.get("data_config")  # deit train checkpoints hold one
-        spec = resolve_teacher_input(resolved, student_channels=in_channels,
-                                     data_config=data_config if isinstance(data_config, Mapping) else None,
+        spec = resolve_teacher_input(resolved, student_channels=in_channels, data_config=data_config,
                                      state_dict=state_dict, mean=teacher_mean, std=teacher_std)
     channels = spec.in_channels
-    teacher = build_teacher(resolved, num_classes=num_classes, in_channels=channels, image_size=image_size)
+    teacher = build_teacher(resolved, num_classes=num_classes, in_channels=channels, image_size=teacher_size)
     load_checkpoint_object(teacher, obj, metadata, path, allow_head_reset=False, expected=expected(channels),
                            hint=hint)
     teacher.teacher_name = resolved
     teacher.eval()
     teacher.requires_grad_(False)
+    resize = teacher_size if teacher_size != image_size else None
+    if resize is not None:
+        logger.info("the teacher %s was trained on %d px images (%s records it); the student's %d px batches are "
+                    "resized to %d px for it", resolved, teacher_size, path, image_size, teacher_size)
     if not renormalise:
-        return teacher
+        return teacher if resize is None else \
+            TeacherInputNorm.as_is(teacher, in_channels, input_size=resize).eval().requires_grad_(False)
     student_mean = _per_channel(input_mean, in_channels, "the student's mean")
     student_std = _per_channel(input_std, in_channels, "the student's std")
     if spec.mean is not None:
@@ -286,11 +302,62 @@ def load_teacher(name: str, *, num_classes: int, in_channels: int, image_size: i
     else:  # unknown: the student's pipeline, carried over to the teacher's channels
         mean, std = stats_for_channels(student_mean, channels), stats_for_channels(student_std, channels)
     if channels == in_channels and same_statistics(student_mean, student_std, mean, std):
+        if resize is None:
+            return teacher
+    else:
+        fmt = format_statistics
+        logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s "
+                    "std %s (%d channel(s)): inputs re-normalised for the teacher", fmt(mean), fmt(std), spec.source,
+                    channels, fmt(student_mean), fmt(student_std), in_channels)
+    wrapped = TeacherInputNorm(teacher, student_mean=student_mean, student_std=student_std, teacher_mean=mean,
+                               teacher_std=std, input_size=resize)
+    return wrapped.eval().requires_grad_(False)
+
+
+def load_foreign(name: str, *, num_classes: int, in_channels: int, image_size: int,
+                 checkpoint: str | os.PathLike | None = None, input_mean: Sequence[float] | None = None,
+                 input_std: Sequence[float] | None = None, teacher_mean: Sequence[float] | None = None,
+                 teacher_std: Sequence[float] | None = None) -> nn.Module:
+    """A teacher from a foreign source (:mod:`deit.distill.sources`: torchvision, an HF folder,
+    ``file.py:factory``, ONNX), taking the student's batches: converted to the teacher's
+    statistics (``teacher_mean`` / ``teacher_std``, else what the source records) and resized
+    to the side it records, as :func:`load_teacher` does for this library's files. A source
+    that records no statistics, with none given, stops with one line asking for them."""
+    foreign = load_foreign_teacher(name, checkpoint=checkpoint, num_classes=num_classes)
+    if foreign.num_classes is not None and foreign.num_classes != num_classes:
+        raise ConfigError(f"the teacher {foreign.description} predicts {foreign.num_classes} classes but the data have "
+                          f"{num_classes}: distil from a teacher trained on the same classes (--teacher-model)")
+    teacher = foreign.module
+    teacher.teacher_name = name
+    resize = foreign.input_size if foreign.input_size not in (None, image_size) else None
+    if resize is not None:
+        logger.info("the teacher %s expects %d px images; the student's %d px batches are resized for it",
+                    foreign.description, resize, image_size)
+    if input_mean is None or input_std is None:  # the seed API's loader: the student's batches as they are
+        if teacher_mean is not None or teacher_std is not None:
+            raise ConfigError("teacher_mean/teacher_std convert the student's inputs for the teacher: they need the "
+                              "student's statistics too (input_mean=, input_std=)")
+        return teacher if resize is None else \
+            TeacherInputNorm.as_is(teacher, in_channels, input_size=resize).eval().requires_grad_(False)
+    student_mean = _per_channel(input_mean, in_channels, "the student's mean")
+    student_std = _per_channel(input_std, in_channels, "the student's std")
+    channels = foreign.in_channels
+    if teacher_mean is not None:
+        mean, std, source = _per_channel(teacher_mean, channels, "teacher_mean"), \
+            _per_channel(teacher_std, channels, "teacher_std"), STATS_FLAGS
+    elif foreign.mean is not None and foreign.std is not None:
+        mean, std, source = foreign.mean, foreign.std, foreign.description
+    else:
+        fmt = format_statistics
+        raise ConfigError(f"the teacher {foreign.description} does not record the normalisation it was trained with: "
+                          f"give it with {STATS_FLAGS} (the student's data use mean {fmt(student_mean)} std "
+                          f"{fmt(student_std)}; give those if the teacher was trained on them)")
+    if channels == in_channels and same_statistics(student_mean, student_std, mean, std) and resize is None:
         return teacher
     fmt = format_statistics
-    logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)) differs from the student's mean %s std %s "
-                "(%d channel(s)): inputs re-normalised for the teacher", fmt(mean), fmt(std), spec.source,
-                channels, fmt(student_mean), fmt(student_std), in_channels)
+    logger.info("teacher normalisation mean %s std %s (%s, %d channel(s)), student's mean %s std %s (%d channel(s)): "
+                "inputs converted for the teacher", fmt(mean), fmt(std), source, channels, fmt(student_mean),
+                fmt(student_std), in_channels)
     wrapped = TeacherInputNorm(teacher, student_mean=student_mean, student_std=student_std, teacher_mean=mean,
-                               teacher_std=std)
+                               teacher_std=std, input_size=resize)
     return wrapped.eval().requires_grad_(False)

@@ -29,7 +29,7 @@ from torch import nn
 from deit.core.errors import ConfigError
 from deit.core.validation import check_choice
 from deit.models.outputs import RETURN_LOGITS_TYPES, Heads, StudentTeacher
-from deit.models.teacher_output import TeacherRef, teacher_logits
+from deit.models.teacher_output import TeacherInputNorm, TeacherRef, teacher_logits
 from deit.models.vit import ViT
 
 
@@ -46,6 +46,8 @@ class DeiT(ViT):
             (``deit.list_models()``), ``"ConvNeXt"`` (default ConvNeXt variant, see
             :func:`deit.distill.teachers.resolve_teacher_name`), ``"timm:<name>"``, an
             ``nn.Module`` to use as it is, or ``None`` for a student-only model.
+        teacher_inputs: with an ``nn.Module`` as ``teacher_model_name``: ``"student"`` declares
+            that it takes the student's batches as they are (see :meth:`set_teacher`).
         teacher_checkpoint: explicit path of the teacher's weights.
         checkpoint_dir: directory searched for ``<teacher name>.safetensors`` / ``.pth``
             when no explicit path is given; defaults to ``$DEIT_CHECKPOINT_DIR``.
@@ -65,6 +67,7 @@ class DeiT(ViT):
         *,
         return_logits_type: str = "fusion",
         teacher_model_name: str | nn.Module | None = None,
+        teacher_inputs: str | None = None,
         teacher_checkpoint: str | os.PathLike | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         **vit_kwargs: Any,
@@ -83,7 +86,7 @@ class DeiT(ViT):
         self.checkpoint_dir = checkpoint_dir
         self.config.update(return_logits_type=return_logits_type)
         if isinstance(teacher_model_name, nn.Module):
-            self.set_teacher(teacher_model_name)
+            self.set_teacher(teacher_model_name, inputs=teacher_inputs)
         elif teacher_model_name is not None:
             if not isinstance(teacher_model_name, str):
                 raise ConfigError(f"teacher_model_name={teacher_model_name!r} is invalid; expected a model "
@@ -178,13 +181,32 @@ class DeiT(ViT):
         else:
             super().__setattr__(name, value)
 
-    def set_teacher(self, teacher: nn.Module | None) -> None:
-        """Use ``teacher`` as the (frozen) teacher; ``None`` removes it."""
+    def set_teacher(self, teacher: nn.Module | None, *, inputs: str | None = None) -> None:
+        """Use ``teacher`` as the (frozen) teacher; ``None`` removes it.
+
+        The teacher's inputs are part of the call, never assumed: a teacher fed another
+        normalisation than it was trained with loses accuracy without a word (an MNIST CNN
+        trained on mean 0.1307 / std 0.3081 inputs falls from 99 % to 88 % on inputs in [-1, 1]).
+        So ``teacher`` is either a :class:`~deit.models.teacher_output.TeacherInputNorm`, which
+        converts the student's batches to the teacher's statistics (and size), as timm's
+        ``DistillationTeacher.normalize_input`` (``timm/task/distillation.py``), or any module
+        with ``inputs="student"``: it takes the student's batches as they are.
+        """
         if teacher is not None:
             if not isinstance(teacher, nn.Module):
                 raise ConfigError(f"teacher must be an nn.Module or None, got {type(teacher).__name__}")
             if teacher is self:
                 raise ConfigError("a DeiT cannot be its own teacher")
+            if inputs not in (None, "student"):
+                raise ConfigError(f"inputs={inputs!r} is invalid; expected 'student' (the teacher takes the student's "
+                                  "batches as they are) or None with a TeacherInputNorm teacher")
+            if inputs is None and not isinstance(teacher, TeacherInputNorm):
+                raise ConfigError(
+                    f"which inputs does the teacher {type(teacher).__name__} take? Pass inputs='student' "
+                    "(DeiT(teacher_inputs='student')) if it was trained on images normalised as the student's, or "
+                    "wrap it as deit.TeacherInputNorm(teacher, student_mean=..., student_std=..., teacher_mean=..., "
+                    "teacher_std=..., input_size=...) to convert the student's batches to its own statistics "
+                    "(docs/training.md, 'A teacher of your own')")
             teacher.eval()
             teacher.requires_grad_(False)
             ref = self.pos_embed
@@ -216,7 +238,7 @@ class DeiT(ViT):
             checkpoint=checkpoint if checkpoint is not None else self.teacher_checkpoint,
             checkpoint_dir=self.checkpoint_dir,
         )
-        self.set_teacher(teacher)
+        self.set_teacher(teacher, inputs="student")  # load_teacher has settled the teacher's inputs
         return teacher
 
     def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:

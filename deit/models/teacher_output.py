@@ -123,12 +123,18 @@ class TeacherInputNorm(nn.Module):
     teacher (as grey files are decoded to RGB), an RGB student's channels are reduced to
     BT.601 luma for a grey teacher (as Pillow's ``convert("L")``).
 
+    ``input_size``: the side the teacher was trained at, when it differs from the student's
+    (a teacher trained on 32 px images, a student on the same images at 28 px): each batch is
+    resized to it (bicubic, antialiased, as the data pipeline resizes images), after the
+    conversion, which commutes with it.
+
     The wrapper owns the teacher (it is the unit the student holds through a
     :class:`TeacherRef`, never a submodule of the student) and returns its logits.
+    :meth:`as_is` declares a teacher that takes the student's batches unchanged.
     """
 
     def __init__(self, teacher: nn.Module, *, student_mean: Sequence[float], student_std: Sequence[float],
-                 teacher_mean: Sequence[float], teacher_std: Sequence[float]) -> None:
+                 teacher_mean: Sequence[float], teacher_std: Sequence[float], input_size: int | None = None) -> None:
         super().__init__()
         student_mean, student_std = _floats(student_mean, "student mean"), _floats(student_std, "student std")
         teacher_mean, teacher_std = _floats(teacher_mean, "teacher mean"), _floats(teacher_std, "teacher std")
@@ -143,9 +149,12 @@ class TeacherInputNorm(nn.Module):
             raise ConfigError(f"cannot feed {c_s}-channel student inputs to a {c_t}-channel teacher; supported: equal "
                               "channels, grey -> RGB and RGB -> grey. Set --teacher-mean/--teacher-std with one value "
                               f"per teacher channel, or train the teacher with {c_s} channels")
+        if input_size is not None and not (isinstance(input_size, int) and input_size > 0):
+            raise ConfigError(f"input_size={input_size!r} is invalid; expected the teacher's image side in pixels")
         self.teacher = teacher
         self.teacher_name = getattr(teacher, "teacher_name", type(teacher).__name__)
         self.student_channels, self.teacher_channels = c_s, c_t
+        self.input_size = input_size
 
         def column(values: Sequence[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
@@ -167,15 +176,29 @@ class TeacherInputNorm(nn.Module):
                 pixels = pixels.expand(-1, self.teacher_channels, -1, -1)  # (B, C_t, H, W)
             else:
                 pixels = (pixels * self.luma).sum(dim=1, keepdim=True)  # (B, 1, H, W)
-        return (pixels - self.teacher_mean) / self.teacher_std  # (B, C_t, H, W)
+        x_t = (pixels - self.teacher_mean) / self.teacher_std  # (B, C_t, H, W)
+        if self.input_size is not None and tuple(x_t.shape[-2:]) != (self.input_size, self.input_size):
+            x_t = nn.functional.interpolate(x_t, size=(self.input_size, self.input_size), mode="bicubic",
+                                            align_corners=False, antialias=True)  # (B, C_t, S, S)
+        return x_t
+
+    @classmethod
+    def as_is(cls, teacher: nn.Module, channels: int, *, input_size: int | None = None) -> TeacherInputNorm:
+        """``teacher`` fed the student's ``channels``-channel batches as they are (resized to
+        ``input_size`` when given): a declaration that it was trained with the student's
+        normalisation."""
+        identity = dict(student_mean=(0.0,) * channels, student_std=(1.0,) * channels,
+                        teacher_mean=(0.0,) * channels, teacher_std=(1.0,) * channels)
+        return cls(teacher, input_size=input_size, **identity)
 
     def forward(self, x: torch.Tensor) -> Any:
         return _eval_output(self.teacher, self.renormalise(x))
 
     def extra_repr(self) -> str:
         fmt = format_statistics
+        size = f", resized to {self.input_size} px" if self.input_size is not None else ""
         return (f"student mean {fmt(self.student_mean)} std {fmt(self.student_std)} -> teacher mean "
-                f"{fmt(self.teacher_mean)} std {fmt(self.teacher_std)}")
+                f"{fmt(self.teacher_mean)} std {fmt(self.teacher_std)}{size}")
 
 
 def format_statistics(values: Sequence[float] | torch.Tensor) -> str:

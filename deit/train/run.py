@@ -29,11 +29,18 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from torch.utils.data import Dataset
 
 from deit.core.errors import ConfigError
 from deit.core.fileio import write_text_atomic
 from deit.data import build_loader, build_transform, dataset_mean_std, load_dataset, stats_for_channels
-from deit.data.datasets import FolderDataset, dataset_fingerprint, stratified_indices, typical_image_side
+from deit.data.datasets import (
+    FolderDataset,
+    dataset_fingerprint,
+    dataset_record,
+    stratified_indices,
+    typical_image_side,
+)
 from deit.data.replay import ReplayMixup
 from deit.distill.cache import TeacherCache, device_kind, module_fingerprint
 from deit.distill.losses import PAPER_TAU, DistillationLoss, build_base_criterion
@@ -52,6 +59,21 @@ from deit.train.budget import (
 )
 from deit.train.engine import Amp, epoch_steps, evaluate, train_one_epoch
 from deit.train.optim import build_optimizer, build_scheduler
+from deit.train.python_inputs import (
+    MODULE_STUDENT_PREFIX,
+    MODULE_TEACHER_PREFIX,
+    PythonInputs,
+    adopt_student_module,
+    adopt_teacher_module,
+    check_python_inputs_given,
+    check_same_inputs,
+    check_same_student,
+    inputs_record,
+    label_python_inputs,
+    label_teacher_module,
+    student_identity,
+    wrap_python_data,
+)
 from deit.train.run_log import RunLog
 from deit.train.settings import PAPER_RECIPE, TrainConfig, apply_recipe, recipe_for_data, recipe_names
 from deit.weights.factory import create_model
@@ -60,7 +82,6 @@ from deit.weights.layouts import (
     capture_rng_state,
     load_pretrained,
     load_training_checkpoint,
-    model_identity,
     restore_rng_state,
     save_training_checkpoint,
 )
@@ -256,13 +277,17 @@ KEEP_DECODED_BYTES = 1 << 30
 60,000-image 64 px RGB folder, ~7,000 photos at 224 px."""
 
 
-def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
+def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None, val_set=None):
     """Datasets, loaders and the data settings that a checkpoint records for prediction.
-    ``train_set``: the training split already loaded (:func:`load_train_set`)."""
+    ``train_set``: the training split already loaded (:func:`load_train_set`); ``val_set``: the
+    validation split, when given in Python (else loaded here)."""
     if train_set is None:
         train_set = load_train_set(config)  # decoded once; transform set below
     channels = config.in_channels or train_set.channels
     image_size = config.image_size or train_set.native_size
+    if image_size is None and config.model.startswith(MODULE_STUDENT_PREFIX):
+        raise ConfigError(f"the images of {config.dataset} vary in size and the student {config.model} records no "
+                          "image_size: set image_size (--image-size), the side it takes")
     if image_size is None:  # ImageFolder: the size the variant is made for (timm's pretrained_cfg input_size)
         image_size = variant_input_size(config.model)
     mean, std = dataset_mean_std(config.dataset, train_set)
@@ -273,7 +298,9 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
                                reprob=config.reprob, hflip=hflip, scale=tuple(config.scale), **common)
     eval_tf = build_transform(is_train=False, **common)
     train_set.transform = train_tf
-    val_set = load_dataset(config.dataset, "val", config.data_dir, transform=eval_tf, bad_images=config.bad_images)
+    if val_set is None:
+        val_set = load_dataset(config.dataset, "val", config.data_dir, bad_images=config.bad_images)
+    val_set.transform = eval_tf
     if config.keep_decoded:
         for split in (train_set, val_set):
             if isinstance(split, FolderDataset):
@@ -296,7 +323,7 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None):
     if len(train_loader) < config.accum_steps:
         raise ConfigError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
                           f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")
-    data_config = {"dataset": config.dataset, "image_size": image_size, "in_channels": channels,
+    data_config = {**dataset_record(config.dataset), "image_size": image_size, "in_channels": channels,
                    "mean": list(mean), "std": list(std), "num_classes": len(classes),
                    "crop_pct": 1.0, "interpolation": "bicubic", "crop_mode": "center"}  # eval_tf's (build_transform)
     return train_loader, val_loader, classes, data_config
@@ -313,6 +340,9 @@ def variant_input_size(name: str) -> int:
 
 
 def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    if config.model.startswith(MODULE_STUDENT_PREFIX):
+        raise ConfigError(f"model={config.model!r} was a module given in Python: give it again, "
+                          "train(config, student=module)")
     overrides: dict[str, Any] = dict(num_classes=num_classes, in_channels=in_channels)
     if model_family(config.model) == "vit":
         overrides.update(image_size=image_size, stochastic_depth=config.drop_path > 0,
@@ -328,26 +358,66 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
     return model
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, teacher: nn.Module | None = None, teacher_inputs: str | None = None,
+          student: nn.Module | None = None, train_data: Dataset | None = None, val_data: Dataset | None = None
+          ) -> TrainResult:
     """Run (or resume) a training run; returns its final metrics. A ``config`` from
     :func:`deit.train.settings.load_config` that names no recipe gets the one its data call for
-    (:func:`settle_recipe`)."""
+    (:func:`settle_recipe`).
+
+    ``teacher``: a teacher given as a module (any ``nn.Module`` returning ``(B, K)`` logits)
+    instead of ``config.teacher_model``, which then only labels it (``module:<class>`` when
+    unset). Its inputs as :func:`adopt_teacher_module` settles them (``teacher_inputs="student"``:
+    it takes the student's batches as they are). Everything else of a run applies: recipes,
+    EMA, the teacher cache and memo, DDP under torchrun, and resume, which needs the same teacher
+    again (its weights digest is recorded in the checkpoint and checked).
+
+    ``student``: a student given as a module instead of ``config.model``, which then only labels
+    it (``module:<class>`` when left at its default); it is trained in place. A module with
+    ``forward_heads`` and two heads (a distilled DeiT) gets token distillation: its distillation
+    head learns from the teacher, its class head from the labels; any other classifier returning
+    ``(B, K)`` logits is distilled on its one head (the paper's usual distillation). Its
+    ``image_size`` / ``in_channels`` attributes, when it has them and the config leaves them
+    unset, are the inputs it gets (:func:`adopt_student_module` checks it answers them);
+    ``drop_path`` is the module's business and ``finetune`` does not apply. Checkpoints hold its
+    state dict and class; resume needs a module of the same class and state-dict entries again,
+    and nothing rebuilds it from a checkpoint alone (``deit eval`` of such a run says so).
+
+    ``train_data`` / ``val_data``, given together: torch Datasets instead of ``config.dataset``,
+    which then only labels them (``python:<class>`` when left at its default). Their items are
+    ``(image, label)``: a raw image as torchvision's data sets return it with ``transform=None``
+    (a PIL image, a uint8 numpy array (H, W) or (H, W, C), or a uint8 tensor (C, H, W)) and an
+    int class index; class names come from the data set's ``classes`` attribute, else they are
+    ``0..K-1`` (from its labels). The run applies its own transforms and statistics, as for an
+    image folder: :class:`deit.data.torch_datasets.TorchImageDataset` says how the data are
+    read, and when in full (statistics exact, every image in the fingerprint). Resume needs the
+    same data again: their size and fingerprint are recorded and checked.
+    """
+    config = label_python_inputs(config, student=student, train_data=train_data, val_data=val_data)
+    config = label_teacher_module(config, teacher, teacher_inputs)
     config.validate()
+    train_set, val_set = (None, None) if train_data is None else wrap_python_data(train_data, val_data)
     env = distributed.detect()
     device = resolve_device(config.device, env)
     output = Path(config.output)
     created = first_missing_folder(output) if env.is_main else None
+    # a student module that carries the run's teacher (DeiT.set_teacher) is given back without it;
+    # one that brought a teacher of its own is refused (adopt_student_module) and left as it came
+    release_teacher = hasattr(student, "set_teacher") and getattr(student, "teacher", None) is None
     try:
         if env.is_main:
             check_output_dir(output, config.resume)
         distributed.init(env, device)
         with deterministic_algorithms(config.deterministic):
-            return _train(config, env, device, output)
+            return _train(config, env, device, output, PythonInputs(teacher, teacher_inputs, student, train_set,
+                                                                    val_set))
     except BaseException:  # also Ctrl-C: a run without a checkpoint leaves no empty folder behind
         if created is not None:
             remove_unfinished_run(output, created)
         raise
     finally:
+        if release_teacher:
+            student.set_teacher(None)
         distributed.shutdown()
 
 
@@ -414,22 +484,29 @@ class Run:
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics
     throughput: list[float] = field(default_factory=list)  # train images/s, per epoch
     teacher_cache: TeacherCache | None = None  # the distillation targets' store (--teacher-cache)
+    inputs_record: dict[str, Any] = field(default_factory=dict)  # the teacher and data it trains on (resume checks)
     teacher_memo: TeacherMemo | None = None  # the teacher's logits per distinct view, when views repeat
 
 
-def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path) -> TrainResult:
+def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path,
+           given: PythonInputs = PythonInputs()) -> TrainResult:
     start_time = time.perf_counter()
     seed_everything(config.seed + env.rank)
     saved = load_training_checkpoint(output / "last.pth") if config.resume else None
     saved_config = saved.get("config", {}) if saved is not None else None
-    train_set = load_train_set(config)
+    if saved_config is not None:
+        check_python_inputs_given(saved_config, given)
+    train_set = given.train_set if given.train_set is not None else load_train_set(config)
     config = settle_recipe(config, train_set, saved_config, log=env.is_main)
     config = settle_views(config, train_set, env, saved_config, log=env.is_main)
     if saved is not None:
         check_resume_compatible(saved_config, config)
-    run = setup(config, env, device, output, train_set=train_set, saved_config=saved_config)
+    run = setup(config, env, device, output, train_set=train_set, saved_config=saved_config, given=given)
     run.start_time = start_time  # the wall time includes loading the data and building the model
     if saved is not None:
+        check_same_inputs(saved.get("inputs_record"), run.inputs_record)
+        if given.student is not None:
+            check_same_student(saved, run.model)
         resume(run, saved)
     else:
         # The loop's random streams (augmentation, Mixup, drop-path) start from a state that
@@ -446,17 +523,23 @@ def _train(config: TrainConfig, env: distributed.DistEnv, device: torch.device, 
 
 
 def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, output: Path, train_set=None,
-          saved_config: dict[str, Any] | None = None) -> Run:
+          saved_config: dict[str, Any] | None = None, given: PythonInputs = PythonInputs()) -> Run:
     """Data, model and teacher, then the recipe: AdamW at the paper's scaled learning rate
     (Table 9), Mixup/CutMix, the distillation loss, AMP; then :func:`plan_run`: the length
     and the cosine schedule. ``saved_config``: the config of the run being resumed."""
-    train_loader, val_loader, classes, data_config = build_data(config, env, train_set=train_set)
+    train_loader, val_loader, classes, data_config = build_data(config, env, train_set=train_set,
+                                                                val_set=given.val_set)
     num_classes = config.num_classes or len(classes)
     if num_classes != len(classes):
         raise ConfigError(f"num_classes={num_classes} but the data set {config.dataset!r} has {len(classes)} classes; "
                           "drop --num-classes or set it to the data set's")
-    model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"])
-    teacher = build_teacher(config, num_classes, data_config)
+    model = build_model(config, num_classes, data_config["image_size"], data_config["in_channels"]) \
+        if given.student is None else adopt_student_module(given.student, num_classes, data_config, log=env.is_main)
+    if given.teacher is not None and config.distillation_type == "none":
+        raise ConfigError("a teacher was given (teacher=) but distillation_type is 'none': set distillation_type "
+                          "'hard' or 'soft' (--distillation-type), or a recipe with a teacher's settings")
+    teacher = build_teacher(config, num_classes, data_config) if given.teacher is None else \
+        adopt_teacher_module(given.teacher, config, data_config, inputs=given.teacher_inputs, log=env.is_main)
     distilling = teacher is not None and config.distillation_type != "none"
     amp = Amp.for_device(config.amp, getattr(torch, config.amp_dtype), device)
     teacher_cache = build_teacher_cache(config, env, device, train_loader, teacher, num_classes, amp) \
@@ -470,13 +553,14 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
     # a convnet trains in channels_last, the memory format oneDNN's convolutions are fastest in
     # (as the teacher in DeiT.set_teacher); a ViT's patch embedding is one conv, not worth it.
     # Before set_teacher: DeiT._apply passes a move on to its teacher, memory format included.
-    model.to(device, memory_format=torch.contiguous_format if model_family(config.model) == "vit"
-             else torch.channels_last)
+    # A student given as a module keeps the contiguous format.
+    contiguous = given.student is not None or model_family(config.model) == "vit"
+    model.to(device, memory_format=torch.contiguous_format if contiguous else torch.channels_last)
     # a two-head student carries its teacher (DeiT.set_teacher) and answers (student, teacher), the
     # seed API; any other student is distilled on its one head by the loss, which runs the teacher
     carries_teacher = hasattr(model, "set_teacher")
     if distilling and carries_teacher and teacher_cache is None and teacher_memo is None:
-        model.set_teacher(teacher)
+        model.set_teacher(teacher, inputs="student")  # load_teacher converts the inputs when they differ
     if teacher is not None:
         teacher.to(device)
 
@@ -505,6 +589,7 @@ def setup(config: TrainConfig, env: distributed.DistEnv, device: torch.device, o
               teacher=teacher, ema=ema, optimizer=optimizer, scheduler=None, scaler=scaler, criterion=criterion,
               mixup_fn=mixup_fn, amp=amp, resolved={}, lr=lr, effective_batch=effective_batch,
               updates_per_epoch=updates_per_epoch, teacher_cache=teacher_cache, teacher_memo=teacher_memo)
+    run.inputs_record = inputs_record(config, train_loader, teacher)
     plan_run(run, saved_config)
     return run
 
@@ -620,6 +705,9 @@ def build_teacher(config: TrainConfig, num_classes: int, data_config: dict[str, 
     """The frozen teacher of ``--teacher-model`` (paper §4), or ``None``."""
     if not config.teacher_model:
         return None
+    if config.teacher_model.startswith(MODULE_TEACHER_PREFIX):
+        raise ConfigError(f"teacher_model={config.teacher_model!r} was a module given in Python: give it again, "
+                          "train(config, teacher=module)")
     teacher_checkpoint = config.teacher_checkpoint
     if config.teacher_pretrained and teacher_checkpoint is None:  # the teacher's published weights
 
@@ -802,12 +890,12 @@ def save_epoch(run: Run, epoch: int, metrics: dict[str, Any], improved: bool) ->
         return
     run.run_log.log_epoch(epoch, metrics)
     payload = {
-        **model_identity(run.model), "model": run.model.state_dict(), "classes": run.classes,
+        **student_identity(run.model, run.config), "model": run.model.state_dict(), "classes": run.classes,
         "data_config": run.data_config, "config": run.resolved, "epoch": epoch, "num_updates": run.num_updates,
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "ema": run.ema.module.state_dict() if run.ema is not None else None, "rng": rng_states,
-        "best_acc1": run.best_acc1, "metrics": metrics,
+        "best_acc1": run.best_acc1, "metrics": metrics, "inputs_record": run.inputs_record,
     }
     save_training_checkpoint(run.output / "last.pth", payload)
     if improved:

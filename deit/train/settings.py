@@ -102,6 +102,11 @@ _RECIPE_HELP = ("paper (the paper's ImageNet recipe, Table 9: the defaults; also
                 "records the choice")
 
 
+TEACHER_SETTINGS = ("teacher_checkpoint", "teacher_pretrained", "teacher_mean", "teacher_std")
+"""Settings that apply to the teacher of ``teacher_model`` only: given without a teacher,
+:meth:`TrainConfig.validate` refuses them rather than ignoring them."""
+
+
 def setting(default: Any, group: str, help: str, *, choices: Sequence[str] | None = None, positive: bool = False,
             within: tuple[float, float] | None = None) -> Any:
     """A :class:`TrainConfig` field described once: its ``--help`` group (a key of :data:`GROUPS`)
@@ -135,11 +140,13 @@ class TrainConfig:
         " --image-size, a head of another size re-initialised")
     # --- teacher and distillation (paper §4) -----------------------------------------------
     teacher_model: str | None = setting(None, "distillation",
-        "teacher architecture: 'ConvNeXt', a registered name or 'timm:<name>' (the paper's best teacher is a "
-        "RegNetY-16GF convnet, Table 2)")
+        "the teacher: 'ConvNeXt', a registered name, 'timm:<name>', 'torchvision:<name>', an HF "
+        "save_pretrained folder, 'path/to/file.py:factory' or a .onnx file run by ONNX Runtime (the paper's best "
+        "teacher is a RegNetY-16GF convnet, Table 2)")
     teacher_checkpoint: str | None = setting(None, "distillation",
-        "weights file of the teacher: written by deit train, save_model, timm (a state dict) or an official "
-        "release")
+        "weights file of the teacher: written by deit train, save_model, timm or torchvision (a state dict) or an "
+        "official release; for torchvision:<name> also a weights name (IMAGENET1K_V1, DEFAULT) read from "
+        "torchvision's cache")
     teacher_pretrained: bool = setting(False, "distillation",
         "load the teacher's published weights (registered names with published weights, docs/models.md): "
         "checkpoint folder, download cache, else downloaded and verified; --teacher-checkpoint wins when given")
@@ -339,7 +346,8 @@ class TrainConfig:
                 check_choice(name, getattr(self, name), allowed)
         if self.distillation_type != "none" and not self.teacher_model:
             raise ConfigError(f"distillation_type={self.distillation_type!r} needs a teacher: set --teacher-model "
-                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none")
+                              "(teacher_model; e.g. 'ConvNeXt') and its weights, or use --distillation-type none (in "
+                              "Python, teacher_model='module:<label>' for a module given as train(config, teacher=))")
         for name in ("teacher_mean", "teacher_std"):
             values = getattr(self, name)
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
@@ -354,9 +362,7 @@ class TrainConfig:
                 or self.teacher_cache_topk < 1:
             raise ConfigError(f"teacher_cache_topk={self.teacher_cache_topk!r} is invalid; expected a positive "
                               "integer (logits kept per view)")
-        if self.teacher_pretrained and not self.teacher_model:
-            raise ConfigError("teacher_pretrained=True needs a teacher: set --teacher-model (teacher_model) to a name "
-                              "with published weights, or drop --teacher-pretrained")
+        self._validate_teacher_given()
         if (self.teacher_mean is None) != (self.teacher_std is None):
             raise ConfigError(f"teacher_mean={self.teacher_mean!r} and teacher_std={self.teacher_std!r}: give both "
                               "(--teacher-mean and --teacher-std) or neither")
@@ -367,6 +373,19 @@ class TrainConfig:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model={self.model!r} is invalid; expected a registered model name")
         return self
+
+    def _validate_teacher_given(self) -> None:
+        """A setting of the teacher (:data:`TEACHER_SETTINGS`) given without ``teacher_model``
+        would be ignored, as there is no teacher to apply it to: an error naming its flag and key."""
+        if self.teacher_model:
+            return
+        for name in TEACHER_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                raise ConfigError(f"{name}={value!r} needs a teacher: set --teacher-model NAME (teacher_model: in a "
+                                  f"--config file) to the teacher's architecture, or drop {flag(name)} ({name}: in a "
+                                  "--config file); without a teacher it would be ignored (in Python, "
+                                  "teacher_model='module:<label>' for a module given as train(config, teacher=))")
 
     def _validate_budget(self) -> None:
         """``budget_images``, ``budget_minutes`` (at most one of them) and ``warmup_fraction``."""

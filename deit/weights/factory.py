@@ -160,10 +160,17 @@ def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
     ``model_name`` (keeping the file's head and channels) or is inferred from the raw
     tensor shapes (:func:`infer_architecture_overrides`), with an HF folder's config.json
     applied. ``overrides`` (constructor arguments) win over both; an ``image_size`` other
-    than the file's resamples the position embedding, as asked.
+    than the file's resamples the position embedding, as asked. A training checkpoint whose
+    student was a module given in Python (``student_module``) is refused unless ``model_name``
+    names the architecture: no file can rebuild a user's module.
     """
     obj, metadata = read_checkpoint(path)
     state_dict, info = extract_state_dict(obj, metadata, source=str(path))
+    if model_name is None and info.get("student_module"):
+        raise CheckpointError(
+            f"{path}: the run's student was a Python module ({info['student_module']}), which a file cannot rebuild; "
+            "build the module in Python and load_state_dict(torch.load(path, weights_only=True)['model']), or name a "
+            "registered architecture with the same weights (--model)")
     config: dict[str, Any] = {}
     notes: list[str] = []
     if model_name is None and info.get("model_name"):

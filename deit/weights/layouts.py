@@ -87,7 +87,8 @@ def extract_state_dict(obj: Mapping[str, Any], metadata: Mapping[str, str] | Non
     ``model_name`` / ``model_config`` (this library's files); ``data_config`` (image size,
     channels, mean, std, crop_pct, interpolation), ``classes`` (display names) and
     ``class_ids`` where the file has them; for HF folders also ``hf_config`` and
-    ``load_notes``.
+    ``load_notes``; ``student_module`` for a training checkpoint whose student was a module
+    given in Python (its class: the file holds no name to rebuild it from).
     """
     info: dict[str, Any] = {}
     metadata = dict(metadata or {})
@@ -102,6 +103,8 @@ def extract_state_dict(obj: Mapping[str, Any], metadata: Mapping[str, str] | Non
         check_format_version(obj.get("format_version", 1), source)
         info["model_name"] = obj.get("model_name")
         info["model_config"] = obj.get("model_config")
+        if obj.get("student_module"):
+            info["student_module"] = obj["student_module"]
         info.update({k: obj[k] for k in _FILE_FIELDS if obj.get(k) is not None})
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj.get(key), Mapping):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from deit.bench.harness import BenchmarkConfig, OfficialDistillationLoss, run_benchmark, same_weights, write_json
+from deit.bench.harness import (BenchmarkConfig, OfficialDistillationLoss, distill_steps, run_benchmark, same_weights,
+                                write_json)
 from deit.cli import main
 
 SMALL = dict(inference_model="deit_pico_distilled_patch4_32", train_model="deit_pico_distilled_patch4_32",
@@ -123,7 +124,7 @@ def test_bf16_without_bf16_units_is_skipped_with_a_reason(monkeypatch, tmp_path)
 
 def test_distill_task_times_the_live_the_cached_and_the_undistilled_step_against_timm(report):
     rows = {m.impl: m for m in report.measurements if m.task == "distill"}
-    assert set(rows) == {"ours", "ours_cached", "ours_undistilled", "timm"}
+    assert set(rows) == {"ours", "ours_cached", "ours_undistilled", "timm", "timm_task"}
     # the teacher's forward is in the live steps' FLOPs only; the cached step is the student's alone
     assert rows["ours"].flops_per_image > rows["ours_cached"].flops_per_image
     assert rows["ours_cached"].flops_per_image == pytest.approx(rows["ours_undistilled"].flops_per_image)
@@ -134,6 +135,50 @@ def test_distill_task_times_the_live_the_cached_and_the_undistilled_step_against
     assert ratios["distill/fp32/ours_cached_over_ours_undistilled"] == pytest.approx(
         cached / rows["ours_undistilled"].images_per_s)
     assert "distill/fp32/ours_over_timm" in ratios
+
+
+def test_distill_task_races_timms_token_distillation_task(report, tmp_path):
+    rows = {m.impl: m for m in report.measurements if m.task == "distill"}
+    task = rows["timm_task"]
+    assert task.flops_per_image == pytest.approx(rows["ours"].flops_per_image)  # the same work: teacher + student
+    ratios = report.ratios()
+    assert ratios["distill/fp32/ours_over_timm_task"] == pytest.approx(rows["ours"].images_per_s / task.images_per_s)
+    assert ratios["distill/fp32/ours_cached_over_timm_task"] == pytest.approx(
+        rows["ours_cached"].images_per_s / task.images_per_s)
+    assert json.loads(write_json(report, tmp_path / "b.json").read_text())["ratios"][
+        "distill/fp32/ours_over_timm_task"] == pytest.approx(ratios["distill/fp32/ours_over_timm_task"])
+    line = next(row for row in report.format_table().splitlines() if row.startswith("| distill | fp32 | timm_task |"))
+    assert f"| {ratios['distill/fp32/ours_over_timm_task']:.2f} |" in line  # the "ours ÷ this" column
+    assert not any("timm_task" in note for note in report.skipped)
+
+
+def test_timms_task_step_has_the_loss_of_ours_from_the_same_weights_batch_and_teacher():
+    """One step of each from the same start: timm's TokenDistillationTask (hard, ½ and ½,
+    identity renormalisation) computes the loss ours does, so the race times the same work."""
+    import torch
+
+    skipped = []
+    fns, _, folder = distill_steps(BenchmarkConfig(**SMALL), torch.device("cpu"), "fp32", skipped)
+    try:
+        losses = {impl: fns[impl]().item() for impl in ("ours", "timm", "timm_task")}
+    finally:
+        folder.cleanup()
+    assert skipped == []
+    assert losses["timm_task"] == pytest.approx(losses["ours"], abs=1e-5)
+    assert losses["timm"] == pytest.approx(losses["ours"], abs=1e-5)
+
+
+def test_timm_without_tasks_skips_the_timm_task_row_with_a_reason(monkeypatch):
+    import sys
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, "timm.task", None)  # `import timm.task` raises ImportError, as on older timm
+    skipped = []
+    fns, _, folder = distill_steps(BenchmarkConfig(**SMALL), torch.device("cpu"), "fp32", skipped)
+    folder.cleanup()
+    assert set(fns) == {"ours", "ours_cached", "ours_undistilled", "timm"}
+    assert len(skipped) == 1 and "timm_task" in skipped[0] and "\n" not in skipped[0]
 
 
 def test_deploy_task_compares_int8_with_timm_fp32_and_timm_int8(report):

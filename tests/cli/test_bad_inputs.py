@@ -18,6 +18,7 @@ from PIL import Image
 from deit import create_model, save_model
 from deit.cli import main
 from deit.data import load_dataset
+from deit.train.settings import TrainConfig
 from deit.weights.layouts import CheckpointError
 from tests.helpers import copy_run
 
@@ -186,6 +187,36 @@ def test_wrong_num_classes_without_finetune(trained_run, tmp_path, capsys):
     assert not (tmp_path / "eval").exists()
 
 
+def test_eval_finds_a_relative_training_folder_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A run trained on ``--dataset animals`` from the folder's parent records its absolute path:
+    deit eval without --dataset finds it from anywhere; once it is gone, the message says the
+    checkpoint's record does not exist and to pass --dataset, a flag the user did not pass. A
+    checkpoint recording only the relative path still evaluates from where it was trained."""
+    write_folder(tmp_path / "animals")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--batch-size", "8", "--dataset", "animals", "--output", "runs/a"]) == 0
+    checkpoint = str(tmp_path / "runs" / "a" / "best.pth")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", checkpoint, "--output", "eval"]) == 0
+    assert f"on {tmp_path / 'animals'} (9 images)" in capsys.readouterr().out
+    (tmp_path / "animals").rename(tmp_path / "moved")
+    message = cli_error(capsys, "eval", "--checkpoint", checkpoint, "--output", "eval")
+    assert f"records its data set as the image folder {tmp_path / 'animals'}" in message
+    assert "does not exist here; pass --dataset PATH" in message and "(--dataset)" not in message
+    (tmp_path / "moved").rename(tmp_path / "animals")
+    state = torch.load(checkpoint, weights_only=True)  # as runs wrote it before recording the absolute path
+    del state["data_config"]["dataset_path"]
+    torch.save(state, checkpoint)
+    message = cli_error(capsys, "eval", "--checkpoint", checkpoint, "--output", "eval")
+    assert "records its data set as 'animals'" in message and "pass --dataset PATH" in message
+    assert str(tmp_path / "elsewhere") in message and "(--dataset)" not in message
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", checkpoint, "--output", "eval"]) == 0
+    assert "on animals (9 images)" in capsys.readouterr().out
+
+
 def test_missing_teacher_weights(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "teacher.pth"
     message = cli_error(capsys, "train", *TINY, "--model", "deit_pico_distilled_patch4_32", "--teacher-model",
@@ -240,6 +271,29 @@ def test_invalid_config_in_yaml(case, tmp_path, capsys):
     config.write_text(yaml.safe_dump({**TINY_YAML, **settings}))
     message = cli_error(capsys, "train", "--config", str(config), "--output", str(tmp_path / "run"))
     assert expected in message
+
+
+TEACHER_ONLY = {  # a setting of the teacher, given without --teacher-model: its flags and its YAML values
+    "teacher_checkpoint": (["--teacher-checkpoint", "t.pth"], {"teacher_checkpoint": "t.pth"}),
+    "teacher_mean": (["--teacher-mean", "0.5", "--teacher-std", "0.2"], {"teacher_mean": [0.5], "teacher_std": [0.2]}),
+}
+
+
+@pytest.mark.parametrize("name", list(TEACHER_ONLY))
+def test_a_teacher_setting_without_a_teacher_is_refused(name, tmp_path, capsys):
+    """From flags, a --config file and Python alike: one line naming the setting's flag and key
+    and --teacher-model, where it used to be ignored (no teacher, nothing to apply it to)."""
+    flags, settings = TEACHER_ONLY[name]
+    from_flags = cli_error(capsys, "train", *TINY, *flags, "--output", str(tmp_path / "run"))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY_YAML, **settings}))
+    from_yaml = cli_error(capsys, "train", "--config", str(config), "--output", str(tmp_path / "run"))
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**settings).validate()
+    for message in (from_flags, from_yaml, str(raised.value)):
+        assert f"{name}=" in message and "needs a teacher" in message and "--teacher-model" in message
+        assert f"--{name.replace('_', '-')}" in message and f"{name}: in a --config file" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path, capsys):

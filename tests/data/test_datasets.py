@@ -286,6 +286,25 @@ def test_a_skipped_unreadable_file_is_not_kept(tmp_path):
     assert data.decoded_bytes == 8 * 9 * 11
 
 
+def test_an_unreadable_file_serves_none_without_filling_its_position(tmp_path):
+    """fill_skipped=False (evaluation): the unreadable file's position serves None, which
+    collate_readable drops, so each readable file comes once; the default (training) serves the
+    next readable sample there."""
+    from deit.data.loader import collate_readable
+
+    root = grey_folder(tmp_path / "grey", GREY_WRITERS["8-bit PNG"])
+    bad = root / "val" / "a" / "1.png"
+    bad.write_bytes(b"not a png")
+    evaluated = load_dataset(str(root), "val", transform=np.array, bad_images="skip", fill_skipped=False)
+    samples = [evaluated[i] for i in range(len(evaluated))]
+    assert samples[1] is None and sum(s is None for s in samples) == 1
+    assert evaluated.skipped == 1 and evaluated.skipped_paths == [str(bad)]
+    batch = collate_readable(samples[:3])
+    assert batch[1].tolist() == [0, 0] and collate_readable([None, None]) is None
+    trained = load_dataset(str(root), "val", transform=np.asarray, bad_images="skip")
+    assert [trained[i][1] for i in range(3)] == [0, 0, 0]  # the next readable file fills position 1
+
+
 def test_one_colour_file_makes_a_folder_rgb(tmp_path):
     root = grey_folder(tmp_path / "mixed", GREY_WRITERS["8-bit PNG"])
     Image.fromarray(np.zeros((9, 11, 3), np.uint8)).save(root / "train" / "b" / "colour.png")

@@ -148,7 +148,7 @@ def test_predict_needs_exactly_one_model_source(trained_checkpoint, digit_images
 
 def test_export_head_wrapper_is_the_student_only(distilled):
     teacher = create_model("convnext_atto_32", num_classes=10, in_channels=1).eval()
-    distilled.set_teacher(teacher)
+    distilled.set_teacher(teacher, inputs="student")
     try:
         wrapper = ExportHead(distilled, "all")
         names = {name for name, _ in wrapper.named_parameters()}
@@ -252,3 +252,22 @@ def test_onnx_preprocessing_scales_16_bit_images_like_the_library(tmp_path):
     deep, eight = preprocess(tmp_path / "deep.png", metadata), preprocess(tmp_path / "eight.png", metadata)
     np.testing.assert_array_equal(deep, eight)
     assert abs(float(deep.mean())) < 0.05  # a full ramp centres on 0 after (x - 0.5) / 0.5
+
+
+def test_real_images_come_from_the_folder_path_the_checkpoint_records(tmp_path, monkeypatch):
+    """The verification images of an image-folder checkpoint are found by its recorded absolute
+    path from another directory, where the relative name given to training finds nothing."""
+    from deit.deploy.export import real_images
+
+    for name in ("a", "b"):
+        for split in ("train", "val"):
+            (tmp_path / "animals" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((12, 12), 60 if name == "a" else 200, np.uint8)).save(
+                tmp_path / "animals" / split / name / "0.png")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    metadata = {"image_size": 8, "in_channels": 1, "mean": [0.5], "std": [0.25], "crop_pct": 1.0,
+                "interpolation": "bicubic", "crop_mode": "center"}
+    assert real_images({"dataset": "animals"}, metadata) is None
+    images = real_images({"dataset": "animals", "dataset_path": str(tmp_path / "animals")}, metadata)
+    assert images.shape == (2, 1, 8, 8) and images[0].mean() < 0 < images[1].mean()  # a's dark, b's light

@@ -260,4 +260,33 @@ def test_eval_bad_images_policy_names_the_eval_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.png" in err and "deit eval --bad-images skip" in err and "train with" not in err
     assert main(argv + ["--bad-images", "skip", "--crop-pct", "0.875"]) == 0
-    assert "top-1" in capsys.readouterr().out  # the unreadable file skipped (its slot served by the next image)
+    assert "top-1" in capsys.readouterr().out  # the unreadable file skipped
+
+
+def test_eval_skips_unreadable_files_from_the_metric_and_names_them(tmp_path, capsys):
+    """32 readable validation files and 4 unreadable ones: the accuracy is that of the 32, each
+    counted once (no substitute in a skipped file's place), and the report names the 4."""
+    classes = ("ant", "bee", "cat", "dog")
+    root = write_folder(tmp_path / "folder", classes, per_class=8)
+    readable = sorted((root / "val").rglob("*.png"))
+    bad = [root / "val" / name / "3x.png" for name in classes]
+    for path in bad:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _, checkpoint = small_checkpoint(tmp_path, classes)
+    predicted = Predictor.from_checkpoint(checkpoint, overrides={"crop_pct": 0.875}).predict_files(readable)
+    expected = 100.0 * np.mean([r["top"][0]["class"] == p.parent.name for r, p in zip(predicted, readable)])
+    assert main(["eval", "--checkpoint", str(checkpoint), "--dataset", str(root), "--output", str(tmp_path / "eval"),
+                 "--bad-images", "skip", "--crop-pct", "0.875", "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    names = [f"val/{name}/3x.png" for name in classes]
+    assert f"(32 images; 4 unreadable file(s) skipped, not counted: {', '.join(names)})" in out
+    assert f"top-1 {expected:6.2f}%" in out
+    report = json.loads((tmp_path / "eval" / "small-eval.json").read_text())
+    assert report["metrics"]["count"] == 32 and report["metrics"]["skipped"] == 4
+    assert report["metrics"]["acc1"] == pytest.approx(expected) and report["skipped_files"] == names
+    from deit.deploy.predict import evaluate_checkpoint  # batches of one: a batch of an unreadable file only
+
+    one_by_one = evaluate_checkpoint(checkpoint, dataset=str(root), batch_size=1, bad_images="skip",
+                                     overrides={"crop_pct": 0.875}, output=tmp_path / "eval1")
+    assert one_by_one.metrics["count"] == 32 and one_by_one.metrics["acc1"] == pytest.approx(expected)
+    assert one_by_one.skipped == names

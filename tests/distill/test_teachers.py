@@ -96,7 +96,7 @@ def test_deit_teacher_holding_its_own_teacher_does_not_run_it():
     calls = []
     grand_teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 6))
     grand_teacher.register_forward_hook(lambda *args: calls.append(1))
-    teacher = perturb_(DeiT(**SMALL, teacher_model_name=grand_teacher))
+    teacher = perturb_(DeiT(**SMALL, teacher_model_name=grand_teacher, teacher_inputs="student"))
     x = torch.randn(2, 3, 16, 16)
     out = teacher_logits(teacher, x, 6)
     assert calls == []
@@ -120,7 +120,7 @@ def test_student_loss_and_evaluation_use_one_helper_with_a_distilled_deit_teache
     with torch.no_grad():
         want = reference(x)  # (B, K), timm's eval output
 
-    student = DeiT(**SMALL, teacher_model_name=teacher).train()
+    student = DeiT(**SMALL, teacher_model_name=teacher, teacher_inputs="student").train()
     (_, _), got = student(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -373,9 +373,9 @@ def test_config_teacher_statistics_flags():
     config = load_config(None, overrides_from_args(args))
     assert config.teacher_mean == [0.485, 0.456, 0.406] and config.teacher_std == [0.229, 0.224, 0.225]
     with pytest.raises(ValueError, match="give both.*--teacher-std"):
-        load_config(None, {"teacher_mean": [0.5]})
+        load_config(None, {"teacher_model": "resnet20_32", "teacher_mean": [0.5]})
     with pytest.raises(ValueError, match=r"teacher_std=\[0.0\] is invalid.*> 0"):
-        load_config(None, {"teacher_mean": [0.5], "teacher_std": [0.0]})
+        load_config(None, {"teacher_model": "resnet20_32", "teacher_mean": [0.5], "teacher_std": [0.0]})
     with pytest.raises(ValueError, match="timm has no architecture 'no_such_net'"):
         load_teacher("timm:no_such_net", num_classes=10, in_channels=1, image_size=16)
 
@@ -433,3 +433,70 @@ def test_timm_teacher_from_the_command_line(tmp_path, caplog):
     assert "re-normalised" not in caplog.text
     metrics = _last_metrics(run)
     assert 0.0 <= metrics["val_dist_teacher_agreement"] <= 100.0 and metrics["train_distillation_loss"] > 0
+
+
+# --- a teacher's inputs are declared, never assumed -------------------------------------------
+
+def test_a_module_teacher_must_say_which_inputs_it_takes(mnist_style_teacher):
+    """Given as it is, a CNN trained on MNIST's statistics would be fed the student's [-1, 1]
+    batches without a word; the module is refused until its inputs are declared: converted
+    (``TeacherInputNorm``) or confirmed to be the student's (``inputs="student"``)."""
+    reference, _, tensors = mnist_style_teacher
+    student_x, labels = tensors("val", (0.5,), (0.5,))
+    grey = dict(num_classes=10, d_model=32, image_size=8, patch_size=4, in_channels=1, encoder_mlp_d=64,
+                encoder_num_heads=4, num_encoder_blocks=1)
+    with pytest.raises(ValueError, match=r"inputs='student'.*TeacherInputNorm"):
+        DeiT(**grey, teacher_model_name=reference)
+    with pytest.raises(ValueError, match=r"inputs='student'.*TeacherInputNorm"):
+        DeiT(**grey).set_teacher(reference)
+    with pytest.raises(ValueError, match="inputs='rgb' is invalid"):
+        DeiT(**grey).set_teacher(reference, inputs="rgb")
+
+    def accuracy(model):
+        _, teacher_out = model.eval()(student_x)
+        return 100.0 * (teacher_out.argmax(1) == labels).float().mean().item()
+
+    from deit import TeacherInputNorm as PublicTeacherInputNorm
+
+    converted = DeiT(**grey, teacher_model_name=PublicTeacherInputNorm(
+        reference, student_mean=(0.5,), student_std=(0.5,), teacher_mean=MNIST_MEAN, teacher_std=MNIST_STD))
+    confirmed = DeiT(**grey, teacher_model_name=reference, teacher_inputs="student")  # the user's word, wrong here
+    own_x, _ = tensors("val", MNIST_MEAN, MNIST_STD)
+    with torch.no_grad():
+        own = 100.0 * (reference(own_x).argmax(1) == labels).float().mean().item()
+    assert accuracy(converted) == pytest.approx(own, abs=0.3)
+    assert accuracy(confirmed) < own - 20
+
+
+def test_a_teacher_trained_at_another_size_is_fed_batches_of_its_size(mnist_style_teacher, tmp_path, caplog):
+    """The teacher's checkpoint records the side it was trained at (8 px here); a student
+    trained at 12 px gets its batches resized back to 8 px for the teacher, with a line saying
+    so, and the teacher keeps its accuracy."""
+    reference, path, tensors = mnist_style_teacher
+    own_x, labels = tensors("val", MNIST_MEAN, MNIST_STD)
+    student_x = nn.functional.interpolate(own_x, size=(12, 12), mode="bicubic", align_corners=False,
+                                          antialias=True)  # (B, 1, 12, 12): the same images at 12 px
+
+    def accuracy(logits):
+        return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+    seen = []
+    with caplog.at_level(logging.INFO, logger="deit"):
+        teacher = load_teacher("timm:test_resnet", num_classes=10, in_channels=1, image_size=12, checkpoint=path,
+                               input_mean=MNIST_MEAN, input_std=MNIST_STD)
+    assert f"trained on 8 px images ({path} records it); the student's 12 px batches are resized to 8 px" \
+        in caplog.text
+    assert isinstance(teacher, TeacherInputNorm) and teacher.input_size == 8
+    teacher.teacher.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    resized = accuracy(teacher_logits(teacher, student_x, 10))
+    with torch.no_grad():
+        own, unresized = accuracy(reference(own_x)), accuracy(reference(student_x))
+    print(f"teacher top-1: own 8 px {own:.2f}%, 12 px batches resized {resized:.2f}%, fed as they are "
+          f"{unresized:.2f}%")
+    assert seen == [(8, 8)]
+    assert resized == pytest.approx(own, abs=1.5)
+    # the seed API's loader (no statistics given) resizes as well
+    bare = load_teacher("timm:test_resnet", num_classes=10, in_channels=1, image_size=12, checkpoint=path)
+    assert isinstance(bare, TeacherInputNorm) and bare.input_size == 8
+    torch.testing.assert_close(bare.renormalise(student_x), nn.functional.interpolate(
+        student_x, size=(8, 8), mode="bicubic", align_corners=False, antialias=True))

@@ -220,7 +220,7 @@ def test_teacher_as_module_and_timm_teacher(tmp_path):
     import timm
 
     module_teacher = perturb_(small_teacher())
-    model = DeiT(**SMALL, teacher_model_name=module_teacher).eval()
+    model = DeiT(**SMALL, teacher_model_name=module_teacher, teacher_inputs="student").eval()
     assert model.teacher is module_teacher and not module_teacher.training
     torch.testing.assert_close(model(X())[1].shape, torch.Size([2, 6]))
 
@@ -232,7 +232,7 @@ def test_teacher_as_module_and_timm_teacher(tmp_path):
 
 
 def test_teacher_with_wrong_output_size_is_caught_at_forward():
-    model = DeiT(**SMALL, teacher_model_name=small_teacher(num_classes=4))
+    model = DeiT(**SMALL, teacher_model_name=small_teacher(num_classes=4), teacher_inputs="student")
     with pytest.raises(ValueError, match=r"teacher returned logits of shape \(2, 4\).*\(batch, 6\)"):
         model(X())
 
@@ -252,7 +252,7 @@ def test_module_teacher_given_to_the_constructor_is_not_part_of_the_student():
 
     teacher = ConvNeXt(num_classes=10, depths=(1, 1), dims=(8, 16), in_channels=3)
     student = DeiT(num_classes=10, d_model=16, image_size=16, patch_size=4, encoder_mlp_d=32, encoder_num_heads=2,
-                   num_encoder_blocks=1, teacher_model_name=teacher)
+                   num_encoder_blocks=1, teacher_model_name=teacher, teacher_inputs="student")
     teacher_tensors = {id(t) for t in [*teacher.parameters(), *teacher.buffers()]}
     assert not any(id(t) in teacher_tensors for t in student.state_dict(keep_vars=True).values())
     assert not any(id(p) in teacher_tensors for p in student.parameters())
@@ -265,7 +265,7 @@ def test_teacher_holders_are_shared_by_copies_and_never_registered():
     """EMA copies share the teacher; replacing it on a copy leaves the original's alone;
     assigning a module to teacher_model_name does not make it a submodule."""
     teacher = small_teacher()
-    model = DeiT(**SMALL, teacher_model_name=teacher)
+    model = DeiT(**SMALL, teacher_model_name=teacher, teacher_inputs="student")
     clone = copy.deepcopy(model)
     assert clone.teacher is teacher and clone.teacher_model_name is teacher
     clone.set_teacher(None)

@@ -29,7 +29,7 @@ def test_training_on_cuda_with_amp_and_a_teacher(tmp_path, amp_dtype):
 @cuda
 def test_teacher_follows_the_student_to_the_gpu():
     model = create_model("deit_pico_distilled_patch4_32", num_classes=10)
-    model.set_teacher(create_model("convnext_atto_32", num_classes=10))
+    model.set_teacher(create_model("convnext_atto_32", num_classes=10), inputs="student")
     model.cuda()
     assert next(model.teacher.parameters()).is_cuda
     student, teacher = model.train()(torch.randn(2, 3, 32, 32, device="cuda"))

@@ -64,7 +64,7 @@ def tiny_setup(seed: int = 0):
     torch.manual_seed(seed)
     student = create_model("deit_pico_distilled_patch4_32", num_classes=10)
     teacher = create_model("deit_pico_patch4_32", num_classes=10).eval()
-    student.set_teacher(teacher)
+    student.set_teacher(teacher, inputs="student")
     criterion = DistillationLoss(build_base_criterion(mixup_active=False, smoothing=0.1), distillation_type="hard")
     optimizer = build_optimizer(student, 1e-3, 0.05)
     return student, criterion, optimizer

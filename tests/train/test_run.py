@@ -617,7 +617,7 @@ def test_values_of_another_kind_name_the_setting_and_its_flag(settings, message)
 def _fail_in_build_data(monkeypatch):
     import deit.train.run
 
-    def broken(config, env, train_set=None):
+    def broken(config, env, train_set=None, val_set=None):
         raise ValueError("data set exploded")
 
     monkeypatch.setattr(deit.train.run, "build_data", broken)
