@@ -84,3 +84,46 @@ def test_a_module_teacher_distils_through_the_run_and_resumes_only_with_itself(d
     assert done.epochs_run == 1
     # the distillation head learns the teacher's decisions: it agrees with it more than chance
     assert done.final["val_dist_teacher_agreement"] > 30.0, done.final
+
+
+TORCHRUN_SCRIPT = '''
+import sys
+
+import torch
+from torch import nn
+
+from deit.train.run import train
+from deit.train.settings import load_config
+
+torch.manual_seed(0)  # every process builds the same teacher, as a user's script would load the same weights
+teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10))
+settings = dict({run}, output=sys.argv[1], epochs=1, batch_size=32)
+train(load_config(None, settings), teacher=teacher, teacher_inputs="student")
+'''
+
+
+@pytest.mark.slow
+def test_a_module_teacher_under_torchrun(tmp_path):
+    """Two processes, each given the module by the user's script: one run, the teacher's
+    digest recorded once, the distillation loss on both ranks' batches."""
+    import os
+    import subprocess
+    import sys
+
+    from deit.distill.cache import module_fingerprint
+
+    script = tmp_path / "distil.py"
+    script.write_text(TORCHRUN_SCRIPT.replace("{run}", repr({**RUN, "teacher_mean": None, "teacher_std": None})))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537", str(script),
+           str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(out / "last.pth", weights_only=True)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10))
+    assert saved["inputs_record"]["teacher_weights_sha256"] == module_fingerprint(teacher.eval())
+    assert isinstance(saved["rng"], list) and len(saved["rng"]) == 2
+    assert saved["metrics"]["train_distillation_loss"] > 0
