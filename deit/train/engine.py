@@ -240,7 +240,10 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp: A
     sums = torch.zeros(len(keys), dtype=torch.float64, device=device)  # exact for counts below 2**53
     predictions, all_targets = [], []
     own_output = getattr(net, "return_logits_type", "fusion")  # a plain HF DeiT has one trained head
-    for images, targets in loader:
+    for batch in loader:
+        if batch is None:  # every file of the batch unreadable and skipped (collate_readable)
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with amp.autocast(device), engine_loop():

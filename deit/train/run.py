@@ -41,6 +41,7 @@ from deit.data.datasets import (
     stratified_indices,
     typical_image_side,
 )
+from deit.data.loader import collate_readable
 from deit.data.replay import ReplayMixup
 from deit.distill.cache import TeacherCache, device_kind, module_fingerprint
 from deit.distill.losses import PAPER_TAU, DistillationLoss, build_base_criterion
@@ -299,7 +300,9 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None, va
     eval_tf = build_transform(is_train=False, **common)
     train_set.transform = train_tf
     if val_set is None:
-        val_set = load_dataset(config.dataset, "val", config.data_dir, bad_images=config.bad_images)
+        # a skipped file gives no sample (fill_skipped=False, collate_readable): each readable file counts once
+        val_set = load_dataset(config.dataset, "val", config.data_dir, bad_images=config.bad_images,
+                               fill_skipped=False)
     val_set.transform = eval_tf
     if config.keep_decoded:
         for split in (train_set, val_set):
@@ -319,7 +322,8 @@ def build_data(config: TrainConfig, env: distributed.DistEnv, train_set=None, va
                        pin_memory=pin)
     train_loader = build_loader(train_set, batch_size=config.batch_size, is_train=True,
                                 repeated_aug=config.repeated_aug, replay=True, **loader_args)
-    val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False, **loader_args)
+    val_loader = build_loader(val_set, batch_size=max(config.batch_size, 128), is_train=False,
+                              collate_fn=collate_readable, **loader_args)
     if len(train_loader) < config.accum_steps:
         raise ConfigError(f"the training set gives {len(train_loader)} batch(es) of {config.batch_size} per process, "
                           f"fewer than accum_steps={config.accum_steps}: lower --batch-size or --accum-steps")

@@ -128,6 +128,23 @@ def test_unreadable_files_are_skipped_and_counted_with_the_skip_policy(tmp_path,
     assert (tmp_path / "run" / "last.pth").is_file()
 
 
+def test_unreadable_validation_files_are_not_counted_by_the_runs_evaluation(tmp_path):
+    """With --bad-images skip, the validation of a run counts each readable file once and a
+    skipped one not at all (as deit eval), not a substitute in its place."""
+    from deit.train import distributed
+    from deit.train.run import build_data
+    from deit.train.settings import load_config
+
+    root = write_folder(tmp_path / "folder")  # 3 classes x 3 readable validation images
+    for i, (name, make) in enumerate(BAD_FILES.values()):
+        make(root / "val" / str(i % 3) / f"{i}-{name}")
+    config = load_config(None, {"dataset": str(root), "bad_images": "skip", "batch_size": 8, "recipe": "paper",
+                                "output": str(tmp_path / "run")})
+    _, val_loader, _, _ = build_data(config, distributed.detect())
+    counted = sum(len(batch[1]) for batch in val_loader if batch is not None)
+    assert counted == 9
+
+
 def test_empty_class_folder(tmp_path, capsys):
     root = write_folder(tmp_path / "folder")
     (root / "train" / "3").mkdir()
