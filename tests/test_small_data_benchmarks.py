@@ -150,8 +150,11 @@ def test_data_size_curve_table_judges_the_gain_against_the_seed_spread(tmp_path)
     for role, top1 in zip(curve.ROLES, (95.0, 90.0, 90.5)):  # one seed: no spread, no verdict
         results[f"n60000 seed 0 {role}"] = {"role": role, "size": 60000, "seed": 0, "top1": top1}
     text = curve.table(results)
-    assert "| 1,000 | 0, 1, 2 | 91.00 ± 1.00 | 81.00 ± 1.00 | 83.67 ± 1.15 | 2.67 ± 0.58 | yes |" in text
-    assert "| 60,000 | 0 | 95.00 | 90.00 | 90.50 | 0.50 |  |" in text
+    # paired: 2.67 > 0.58; the page's rule: 83.67 - 81.00 = 2.67 > 1.15 + 1.00
+    assert "| 1,000 | 0, 1, 2 | 91.00 ± 1.00 | 81.00 ± 1.00 | 83.67 ± 1.15 | 2.67 ± 0.58 | yes | holds |" in text
+    assert "| 60,000 | 0 | 95.00 | 90.00 | 90.50 | 0.50 |  | 1 seed: not decided |" in text
+    results["n1000 seed 2 control"]["top1"] = 84.0  # control 81.67 ± 2.08: 2.00 < 1.15 + 2.08, but Δ 2.00 ± 1.00 (paired)
+    assert "| 2.00 ± 1.00 | yes | tie |" in curve.table(results)
     assert "| 3,000 | - | not run yet |" in text
     picture = curve.picture(results, tmp_path / "curve.png")
     assert picture.read_bytes().startswith(b"\x89PNG")
