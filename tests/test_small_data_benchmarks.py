@@ -14,7 +14,8 @@ from PIL import Image
 
 from deit.data import load_dataset
 from deit.data.datasets import FASHION_MNIST_DIR
-from deit.train.settings import load_config, recipe_values
+from deit.cli.app import build_parser
+from deit.train.settings import load_config, overrides_from_args, recipe_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +111,35 @@ def test_carry_over_verdict_is_the_results_page_rule():
     per_seed = {"0": dict(per_seed["0"], teacher_s=240.0, distilled_s=200.0),
                 "1": dict(per_seed["1"], teacher_s=250.0, distilled_s=230.0)}
     assert "Teacher + DeiT⚗ wall time: 7.3–8.0 min per seed." in carry.table(per_seed)
+
+
+def test_carry_over_hard_distillation_shares_the_teacher_and_control(tmp_path, monkeypatch):
+    carry = _script("carry_over")
+    commands = []
+
+    def fake_train(*args):
+        commands.append(args)
+        _cli_config(args)  # every command is a valid deit train
+        return {"final": {"val_acc1": 90.0, "elapsed_s": 10.0}}
+
+    monkeypatch.setattr(carry, "deit_train", fake_train)
+    carry.run_seed(tmp_path / "folder", ["--hflip", "0"], tmp_path, seed=1, epochs=None, hard=True)
+    teacher, control, distilled = commands
+    outputs = [Path(c[c.index("--output") + 1]) for c in commands]
+    assert outputs == [tmp_path / "seed1" / "teacher", tmp_path / "seed1" / "control",
+                       tmp_path / "seed1" / "distilled_hard"]  # the recipe's teacher and control, reused
+    config = _cli_config(distilled)
+    assert (config.distillation_type, config.distillation_alpha) == ("hard", 0.5)
+    assert config.teacher_checkpoint == str(tmp_path / "seed1" / "teacher" / "best.pth")
+    assert "--distillation-type" not in teacher + control
+    assert "hard distillation (α 0.5)" in carry.table({"1": {"teacher": 98.0, "control": 97.0, "distilled": 97.5}},
+                                                     "hard distillation (α 0.5)")
+
+
+def _cli_config(args: tuple[str, ...]):
+    """The TrainConfig ``deit train <args>`` would run: the CLI's own parser and overrides."""
+    parsed = build_parser().parse_args(["train", *args])
+    return load_config(parsed.config, overrides_from_args(parsed))
 
 
 class _Args:
