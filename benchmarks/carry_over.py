@@ -108,6 +108,7 @@ def deit_train(*args: str) -> dict:
 
 
 HARD = ["--distillation-type", "hard", "--distillation-alpha", "0.5"]  # the paper's hard distillation, §3
+HARD_LABEL = "hard distillation (α 0.5)"
 
 
 def run_seed(data: Path, extra: list[str], work: Path, seed: int, epochs: int | None,
@@ -174,7 +175,7 @@ def main() -> None:
         per_seed[str(seed)] = run_seed(data, extra, work, seed, args.epochs, hard=hard)
         if args.epochs is None:  # a quick look is not a result
             record_result(results, (args.data, str(seed)), per_seed[str(seed)])
-    print(table(per_seed, "hard distillation (α 0.5)" if hard else None))
+    print(table(per_seed, HARD_LABEL if hard else None))
 
 
 if __name__ == "__main__":

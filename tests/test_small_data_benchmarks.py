@@ -132,8 +132,8 @@ def test_carry_over_hard_distillation_shares_the_teacher_and_control(tmp_path, m
     assert (config.distillation_type, config.distillation_alpha) == ("hard", 0.5)
     assert config.teacher_checkpoint == str(tmp_path / "seed1" / "teacher" / "best.pth")
     assert "--distillation-type" not in teacher + control
-    assert "hard distillation (α 0.5)" in carry.table({"1": {"teacher": 98.0, "control": 97.0, "distilled": 97.5}},
-                                                     "hard distillation (α 0.5)")
+    table = carry.table({"1": {"teacher": 98.0, "control": 97.0, "distilled": 97.5}}, carry.HARD_LABEL)
+    assert "| DeiT⚗ hard distillation (α 0.5), fusion `deit_pico_distilled_convstem_patch8_28` | 97.50" in table
 
 
 def _cli_config(args: tuple[str, ...]):
