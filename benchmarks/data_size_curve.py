@@ -97,8 +97,8 @@ def table(results: dict[str, Any]) -> str:
              "subset and its teacher); it exceeds the spread when its mean is larger than its standard "
              "deviation. The last column is docs/RESULTS.md's stricter rule for \"DeiT⚗ > control\": the "
              "difference of the means must exceed the sum of the two standard deviations.", "",
-             "| training images | seeds | teacher | control | DeiT⚗ | Δ (DeiT⚗ − control) | beyond the spread "
-             "| DeiT⚗ > control, the page's rule |",
+             ("| training images | seeds | teacher | control | DeiT⚗ | Δ (DeiT⚗ − control) | beyond the spread "
+              "| DeiT⚗ > control, the page's rule |"),
              "|---|---|---|---|---|---|---|---|"]
     for size in SIZES:
         teacher, control, distilled = (_runs(results, role, size) for role in ROLES)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deit.cli.app import build_parser
 from deit.data import load_dataset
 from deit.data.datasets import FASHION_MNIST_DIR
-from deit.cli.app import build_parser
 from deit.train.settings import load_config, overrides_from_args, recipe_values
 
 ROOT = Path(__file__).resolve().parents[1]
